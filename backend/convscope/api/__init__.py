@@ -1,0 +1,1 @@
+"""HTTP: the only package that knows FastAPI and Starlette."""

@@ -1,0 +1,96 @@
+"""The one place where domain errors become HTTP status codes and ``{detail, code}`` bodies."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from convscope import errors as e
+
+log = logging.getLogger(__name__)
+
+STATUS: dict[type[e.ConvscopeError], int] = {
+    e.UnknownModelError: 404,
+    e.UnknownLayerError: 404,
+    e.UnknownImageError: 404,
+    e.ModelUnavailableError: 503,
+    e.NotAConvLayerError: 422,
+    e.NoActivationError: 422,
+    e.InvalidImageError: 422,
+    e.ImageTooLargeError: 413,
+    e.PayloadTooLargeError: 413,
+    e.InvalidParameterError: 422,
+    e.ResponseTooLargeError: 422,
+    e.InvalidModelFileError: 422,
+    e.OverloadedError: 503,
+}
+
+
+def status_of(exc: e.ConvscopeError) -> int:
+    if isinstance(exc, e.InvalidImageError) and exc.unsupported_type:
+        return 415
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 400
+
+
+def error_body(detail: str, code: str, **extra: object) -> dict[str, object]:
+    return {"detail": detail, "code": code, **extra}
+
+
+async def convscope_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, e.ConvscopeError)
+    headers = {}
+    if isinstance(exc, e.OverloadedError):
+        headers["Retry-After"] = str(exc.retry_after)
+    return JSONResponse(
+        error_body(exc.detail, exc.code, **exc.extra), status_code=status_of(exc), headers=headers
+    )
+
+
+async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("query", "path", "body"))
+        problems.append(f"{where or 'request'}: {err.get('msg', 'invalid')}")
+    return JSONResponse(
+        error_body("; ".join(problems), "invalid_parameter", errors=jsonable(exc.errors())),
+        status_code=422,
+    )
+
+
+def jsonable(errors: object) -> object:
+    from fastapi.encoders import jsonable_encoder
+
+    return jsonable_encoder(errors, custom_encoder={Exception: str, bytes: lambda b: "<bytes>"})
+
+
+async def http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+        exc.status_code, "http_error"
+    )
+    return JSONResponse(
+        error_body(str(exc.detail), code), status_code=exc.status_code, headers=exc.headers
+    )
+
+
+async def unexpected_error(_request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return JSONResponse(
+        error_body("internal error; the server logged the details", "internal_error"),
+        status_code=500,
+    )
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(e.ConvscopeError, convscope_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected_error)

@@ -1,0 +1,80 @@
+"""Models, their layers and their conv filters."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Path, Query, Response
+
+from convscope.api.deps import ServiceDep
+from convscope.api.responses import ERRORS, media, send
+from convscope.api.schemas import LayerOut, ModelOut
+from convscope.services.filters import FilterView
+
+router = APIRouter(prefix="/api/models", tags=["models"])
+
+ModelName = Annotated[str, Path(description="model name, see GET /api/models")]
+LayerName = Annotated[
+    str, Path(description="dotted layer name, see GET /api/models/{model}/layers")
+]
+
+
+@router.get("", response_model=list[ModelOut])
+def list_models(service: ServiceDep) -> list[dict[str, object]]:
+    """Every model: available or not, with the reason and how to provide its weights."""
+    return service.models()
+
+
+@router.get("/{model}", response_model=ModelOut, responses=ERRORS)
+def get_model(model: ModelName, service: ServiceDep) -> dict[str, object]:
+    """One model's entry; loads the model."""
+    service.model(model)
+    return next(m for m in service.models() if m["name"] == model)
+
+
+@router.get("/{model}/layers", response_model=list[LayerOut], responses=ERRORS)
+def list_layers(model: ModelName, service: ServiceDep) -> list[dict[str, object]]:
+    """Every module in forward order with type, output shape and parameter shapes."""
+    return service.layers(model)
+
+
+@router.get(
+    "/{model}/layers/{layer}/filters",
+    responses=media("png", "json", "npy"),
+    response_class=Response,
+)
+def filters(
+    model: ModelName,
+    layer: LayerName,
+    service: ServiceDep,
+    fmt: Annotated[Literal["png", "json", "npy"], Query(alias="format")] = "png",
+    normalize: Annotated[
+        Literal["filter", "layer"], Query(description="scale each filter or the whole layer")
+    ] = "filter",
+    input_channel: Annotated[
+        int | None, Query(ge=0, description="draw this input channel of every filter")
+    ] = None,
+    reduce: Annotated[
+        Literal["mean", "abs_max", "l2"],
+        Query(description="how to combine input channels when not RGB and no input_channel"),
+    ] = "mean",
+    channels: Annotated[
+        str | None, Query(max_length=4000, description="filters to draw: '0,3,5-9'")
+    ] = None,
+    scale: Annotated[int | None, Query(ge=1, description="nearest-neighbour upscaling")] = None,
+    colormap: Annotated[str, Query(description="for single-channel tiles")] = "gray",
+    padding: Annotated[int, Query(ge=0, le=16)] = 1,
+) -> Response:
+    """A conv layer's filters: PNG grid, JSON (shape, values, stats, layout) or exact NPY."""
+    view = FilterView(normalize=normalize, input_channel=input_channel, reduce=reduce)
+    rendered = service.filters(
+        model,
+        layer,
+        fmt,
+        view,
+        scale=scale,
+        channels=channels,
+        colormap_name=colormap,
+        padding=padding,
+    )
+    return send(rendered, filename=f"{model}_{layer}_filters.{fmt}")

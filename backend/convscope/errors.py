@@ -1,0 +1,156 @@
+"""Domain errors. They carry data; ``api/errors.py`` alone maps them to HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+
+class ConvscopeError(Exception):
+    """Base class: ``code`` is stable and machine-readable, ``detail`` is for people."""
+
+    code = "error"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+
+def _choices(values: Iterable[str], limit: int = 12) -> str:
+    values = list(values)
+    shown = ", ".join(repr(v) for v in values[:limit])
+    return shown + (f", ... ({len(values)} in all)" if len(values) > limit else "")
+
+
+class UnknownModelError(ConvscopeError):
+    code = "unknown_model"
+
+    def __init__(self, model: str, known: Iterable[str]) -> None:
+        super().__init__(
+            f"unknown model {model!r}; expected one of {_choices(known)} (see GET /api/models)",
+            model=model,
+        )
+
+
+class ModelUnavailableError(ConvscopeError):
+    code = "model_unavailable"
+
+    def __init__(self, model: str, reason: str) -> None:
+        super().__init__(f"model {model!r} is not available: {reason}", model=model)
+
+
+class UnknownLayerError(ConvscopeError):
+    code = "unknown_layer"
+
+    def __init__(self, model: str, layer: str) -> None:
+        super().__init__(
+            f"unknown layer {layer!r} for model {model!r}; "
+            f"see GET /api/models/{model}/layers for the valid names",
+            model=model,
+            layer=layer,
+        )
+
+
+class NotAConvLayerError(ConvscopeError):
+    code = "not_a_conv_layer"
+
+    def __init__(self, model: str, layer: str, layer_type: str) -> None:
+        super().__init__(
+            f"layer {layer!r} of model {model!r} is a {layer_type}, which has no conv filters; "
+            f"expected a Conv2d (layers with has_filters=true in GET /api/models/{model}/layers)",
+            model=model,
+            layer=layer,
+        )
+
+
+class NoActivationError(ConvscopeError):
+    code = "no_activation"
+
+    def __init__(self, model: str, layer: str, why: str) -> None:
+        super().__init__(f"layer {layer!r} of model {model!r} has no feature map: {why}")
+
+
+class UnknownImageError(ConvscopeError):
+    code = "unknown_image"
+
+    def __init__(self, image_id: str) -> None:
+        super().__init__(
+            f"unknown image {image_id!r}; upload one with POST /api/images or pick one from "
+            "GET /api/images",
+            image=image_id,
+        )
+
+
+class InvalidImageError(ConvscopeError):
+    """The bytes are not an image we can decode (422) or not an image at all (415)."""
+
+    code = "invalid_image"
+
+    def __init__(self, detail: str, *, unsupported_type: bool = False) -> None:
+        super().__init__(detail)
+        self.unsupported_type = unsupported_type
+        if unsupported_type:
+            self.code = "unsupported_image_type"
+
+
+class ImageTooLargeError(ConvscopeError):
+    code = "image_too_large"
+
+
+class PayloadTooLargeError(ConvscopeError):
+    code = "payload_too_large"
+
+
+class InvalidParameterError(ConvscopeError):
+    code = "invalid_parameter"
+
+    def __init__(self, name: str, detail: str) -> None:
+        super().__init__(f"{name}: {detail}", parameter=name)
+
+
+class ResponseTooLargeError(ConvscopeError):
+    code = "response_too_large"
+
+
+class InvalidModelFileError(ConvscopeError):
+    code = "invalid_model"
+
+
+class OverloadedError(ConvscopeError):
+    code = "overloaded"
+
+    def __init__(self, detail: str, retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class CancelledError(ConvscopeError):
+    """A long computation (an optimisation job) was cancelled before it finished."""
+
+    code = "cancelled"
+
+
+class UnknownJobError(ConvscopeError):
+    code = "unknown_job"
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            f"unknown job {job_id!r}; it may have expired. Start one with "
+            "POST /api/models/{model}/optimize",
+            job=job_id,
+        )
+
+
+class JobNotFinishedError(ConvscopeError):
+    """The job has no result (yet): ``state`` is queued, running, failed or cancelled."""
+
+    code = "job_not_finished"
+
+    def __init__(self, job_id: str, state: str) -> None:
+        super().__init__(
+            f"job {job_id!r} is {state}; expected a done job. Poll GET /api/jobs/{job_id} "
+            "or stream GET /api/jobs/{job_id}/events",
+            job=job_id,
+            state=state,
+        )

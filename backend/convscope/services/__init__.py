@@ -1,0 +1,1 @@
+"""Services: models, images, captures and their composition. Torch here, never HTTP."""

@@ -1,0 +1,253 @@
+"""Images: safe decoding, a content-addressed bounded store on disk, and bundled samples.
+
+The store is a plain directory (``<data_dir>/images``), so several replicas sharing a volume
+serve the same images. Files are written to a temporary name and renamed, so a reader never
+sees half an image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+import threading
+import warnings
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from convscope.errors import ImageTooLargeError, InvalidImageError, UnknownImageError
+
+log = logging.getLogger(__name__)
+
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+_ID_LENGTH = 64
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    id: str
+    name: str
+    kind: str  # "sample" | "upload"
+    width: int
+    height: int
+    format: str
+    bytes: int
+    media_type: str
+    licence: str | None = None
+    source: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def decode(data: bytes, *, max_pixels: int) -> tuple[Image.Image, str]:
+    """Decode image bytes into an RGB ``PIL.Image`` (EXIF rotation applied) and its format.
+
+    Raises ``InvalidImageError`` (empty, not an image, unsupported format, truncated) or
+    ``ImageTooLargeError`` (more than ``max_pixels`` pixels), before decoding pixel data
+    where possible. Animated images give their first frame.
+    """
+    if not data:
+        raise InvalidImageError(
+            "the file is empty (0 bytes); expected a JPEG, PNG, WebP, GIF, BMP or TIFF image"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageTooLargeError(
+                    f"image is {width}x{height} = {width * height} pixels; the limit is "
+                    f"{max_pixels} (CONVSCOPE_MAX_IMAGE_PIXELS)"
+                )
+            fmt = image.format or "?"
+            image.seek(0)
+            image.load()
+            rgb = ImageOps.exif_transpose(image).convert("RGB")
+    except (ImageTooLargeError, InvalidImageError):
+        raise
+    except UnidentifiedImageError:
+        raise InvalidImageError(
+            "the file is not an image in a supported format; expected JPEG, PNG, WebP, GIF, "
+            "BMP or TIFF",
+            unsupported_type=True,
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError(f"image rejected as a decompression bomb: {exc}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise InvalidImageError(f"the image is truncated or corrupt: {exc}") from None
+    return rgb, fmt
+
+
+def image_id(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+SAMPLES: dict[str, tuple[str, str, str]] = {
+    # file: (name, licence, source) -- all from scikit-image's data module
+    "chelsea.jpg": ("cat", "CC0", "scikit-image data: 'chelsea', photo by Stefan van der Walt"),
+    "coffee.jpg": ("coffee", "CC0", "scikit-image data: 'coffee', photo by Rachel Michetti"),
+    "rocket.jpg": (
+        "rocket",
+        "Public domain",
+        "scikit-image data: 'rocket', launch of DSCOVR on Falcon 9, SpaceX",
+    ),
+    "astronaut.jpg": (
+        "astronaut",
+        "Public domain",
+        "scikit-image data: 'astronaut', NASA photo of Eileen Collins (public domain)",
+    ),
+}
+
+
+class ImageStore:
+    """Content-addressed images: id = sha256 of the bytes. Bounded by count and bytes.
+
+    When full, the least recently used uploads are evicted; samples are never evicted.
+    """
+
+    def __init__(self, root: Path, *, max_images: int, max_bytes: int, max_pixels: int) -> None:
+        self.root = root / "images"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.max_images = max_images
+        self.max_bytes = max_bytes
+        self.max_pixels = max_pixels
+        self._lock = threading.Lock()
+        self._samples: dict[str, tuple[ImageRecord, bytes]] = {}
+        self._load_samples()
+
+    def _load_samples(self) -> None:
+        folder = resources.files("convscope") / "data" / "samples"
+        for filename, (name, licence, source) in SAMPLES.items():
+            data = (folder / filename).read_bytes()
+            image, fmt = decode(data, max_pixels=self.max_pixels)
+            record = ImageRecord(
+                id=image_id(data),
+                name=name,
+                kind="sample",
+                width=image.width,
+                height=image.height,
+                format=fmt,
+                bytes=len(data),
+                media_type=Image.MIME.get(fmt, "application/octet-stream"),
+                licence=licence,
+                source=source,
+            )
+            self._samples[record.id] = (record, data)
+
+    def _paths(self, image_id: str) -> tuple[Path, Path]:
+        if len(image_id) != _ID_LENGTH or not all(c in "0123456789abcdef" for c in image_id):
+            raise UnknownImageError(image_id)
+        return self.root / f"{image_id}.img", self.root / f"{image_id}.json"
+
+    def put(self, data: bytes, name: str | None = None) -> tuple[ImageRecord, bool]:
+        """Validate and store ``data``; returns the record and whether it was new."""
+        image, fmt = decode(data, max_pixels=self.max_pixels)
+        key = image_id(data)
+        if key in self._samples:
+            return self._samples[key][0], False
+        blob, meta = self._paths(key)
+        if meta.exists():
+            os.utime(meta)
+            return self.record(key), False
+        safe_name = Path(name or "upload").name[:120] or "upload"
+        record = ImageRecord(
+            id=key,
+            name=safe_name,
+            kind="upload",
+            width=image.width,
+            height=image.height,
+            format=fmt,
+            bytes=len(data),
+            media_type=Image.MIME.get(fmt, "application/octet-stream"),
+        )
+        with self._lock:
+            _atomic_write(blob, data)
+            # The metadata file is written last: an image "exists" once its metadata does.
+            _atomic_write(meta, json.dumps(record.as_dict()).encode())
+            self._evict()
+        return record, True
+
+    def record(self, image_id: str) -> ImageRecord:
+        if image_id in self._samples:
+            return self._samples[image_id][0]
+        _, meta = self._paths(image_id)
+        try:
+            return ImageRecord(**json.loads(meta.read_text()))
+        except FileNotFoundError:
+            raise UnknownImageError(image_id) from None
+
+    def data(self, image_id: str) -> tuple[ImageRecord, bytes]:
+        if image_id in self._samples:
+            return self._samples[image_id]
+        record = self.record(image_id)
+        blob, meta = self._paths(image_id)
+        try:
+            data = blob.read_bytes()
+        except FileNotFoundError:
+            raise UnknownImageError(image_id) from None
+        with contextlib.suppress(OSError):
+            os.utime(meta)  # recently used: evicted last
+        return record, data
+
+    def open(self, image_id: str) -> tuple[ImageRecord, Image.Image]:
+        record, data = self.data(image_id)
+        image, _ = decode(data, max_pixels=self.max_pixels)
+        return record, image
+
+    def list(self) -> list[ImageRecord]:
+        samples = [record for record, _ in self._samples.values()]
+        uploads = []
+        for meta in sorted(self.root.glob("*.json"), key=_mtime, reverse=True):
+            try:
+                uploads.append(ImageRecord(**json.loads(meta.read_text())))
+            except (OSError, ValueError, TypeError):
+                continue  # evicted or being written by another replica
+        return samples + uploads
+
+    def _evict(self) -> None:
+        metas = sorted(self.root.glob("*.json"), key=_mtime)
+        sizes = {m: _size(m.with_suffix(".img")) for m in metas}
+        total = sum(sizes.values())
+        while metas and (len(metas) > self.max_images or total > self.max_bytes):
+            oldest = metas.pop(0)
+            oldest.unlink(missing_ok=True)
+            oldest.with_suffix(".img").unlink(missing_ok=True)
+            total -= sizes[oldest]
+            log.info("evicted image %s from the store", oldest.stem)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
