@@ -82,6 +82,7 @@ def cmd_activations(args: argparse.Namespace, settings: Settings) -> int:
         colormap=args.colormap,
         normalize=args.normalize,
         scale=args.scale,
+        limit=args.limit,
     )
     samples = {r["name"]: r["id"] for r in service.list_images() if r["kind"] == "sample"}
     fmt = _format(args.output)
@@ -125,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     acts.add_argument("-o", "--output", type=Path, required=True, help=".png, .json or .npy")
     acts.add_argument("--channels", default=None, help="e.g. 0,3,5-9")
     acts.add_argument("--order", choices=("index", "mean"), default="index")
+    acts.add_argument("--limit", type=int, default=None, help="at most this many channels")
     acts.add_argument("--colormap", default="viridis")
     acts.add_argument("--normalize", choices=("channel", "layer"), default="channel")
     acts.add_argument("--scale", type=int, default=None)
