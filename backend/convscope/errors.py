@@ -154,3 +154,41 @@ class JobNotFinishedError(ConvscopeError):
             job=job_id,
             state=state,
         )
+
+
+class ModelUploadDisabledError(ConvscopeError):
+    """Model upload and delete over HTTP are off: no ``CONVSCOPE_MODEL_UPLOAD_TOKEN`` is set."""
+
+    code = "model_upload_disabled"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "model upload over HTTP is disabled; the operator enables it by setting "
+            "CONVSCOPE_MODEL_UPLOAD_TOKEN (or puts model folders in CONVSCOPE_MODELS_DIR)"
+        )
+
+
+class UnauthorizedError(ConvscopeError):
+    code = "unauthorized"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "missing or wrong API token; expected the header 'Authorization: Bearer <token>'"
+        )
+
+
+class ModelNotDeletableError(ConvscopeError):
+    code = "model_not_deletable"
+
+    def __init__(self, model: str, source: str) -> None:
+        super().__init__(
+            f"model {model!r} is a {source} model; only models uploaded with POST /api/models "
+            "can be deleted",
+            model=model,
+        )
+
+
+class StorageError(ConvscopeError):
+    """The shared store (data or models folder) cannot be written: full, read-only, gone."""
+
+    code = "storage_unavailable"

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
+import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from convscope import __version__
 from convscope.api import errors
+from convscope.api.metrics import Metrics, Observe
 from convscope.api.middleware import BodyLimit, SecurityHeaders
-from convscope.api.routes import activations, health, images, models
+from convscope.api.routes import activations, admin, explain, health, images, models
+from convscope.api.routes import metrics as metrics_route
 from convscope.config import Settings
+from convscope.services.model_store import ModelStore
 from convscope.services.visualize import Convscope
 
 log = logging.getLogger(__name__)
@@ -38,12 +45,49 @@ def _load_default(app: FastAPI) -> None:
         app.state.load_error = str(getattr(exc, "detail", exc))
 
 
+def _models_stamp(folder: Path | None) -> int:
+    try:
+        return folder.stat().st_mtime_ns if folder is not None else 0
+    except OSError:
+        return 0
+
+
+async def _poll_models(app: FastAPI, seconds: float) -> None:
+    """Refresh the registry when the shared models folder changes (another replica's upload)."""
+    folder = app.state.settings.models_dir
+    seen = _models_stamp(folder)
+    while True:
+        await asyncio.sleep(seconds)
+        stamp = await anyio.to_thread.run_sync(_models_stamp, folder)
+        if stamp != seen:
+            seen = stamp
+            try:
+                await anyio.to_thread.run_sync(app.state.service.registry.refresh)
+            except Exception:
+                log.exception("refreshing the model list failed")
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # Admission control (api/metrics.py) admits at most max_inflight_requests threadpool
+    # requests, so the threadpool never makes an admitted request wait; 8 spare threads for
+    # static files and multipart spooling.
+    settings: Settings = app.state.settings
+    anyio.to_thread.current_default_thread_limiter().total_tokens = (
+        settings.max_inflight_requests + 8
+    )
     # The default model loads in the background: /healthz answers at once, /readyz when ready.
     loader = threading.Thread(target=_load_default, args=(app,), name="model-loader", daemon=True)
     loader.start()
+    poller = None
+    if settings.models_poll_seconds > 0:
+        poller = asyncio.create_task(_poll_models(app, settings.models_poll_seconds))
     yield
+    app.state.service.explain.shutdown()
+    if poller is not None:
+        poller.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await poller
 
 
 def create_app(settings: Settings | None = None, service: Convscope | None = None) -> FastAPI:
@@ -58,15 +102,38 @@ def create_app(settings: Settings | None = None, service: Convscope | None = Non
     app.state.service = service or Convscope(settings)
     app.state.ready = threading.Event()
     app.state.load_error = None
+    service = app.state.service
+    # The folder the service's registry reads, and the service's limits: one source of truth.
+    stored = service.settings
+    app.state.model_store = ModelStore(
+        stored.models_dir or stored.data_dir / "models",
+        architectures=stored.model_upload_architectures,
+        max_bytes=stored.max_model_upload_bytes,
+        max_classes=stored.max_num_classes,
+        compute_slot=service.gate.slot,
+        on_change=service.registry.refresh,
+    )
+    app.state.metrics = Metrics(app.state)
     errors.install(app)
-    for router in (health.router, models.router, images.router, activations.router):
+    for router in (health.router, models.router, images.router, activations.router, explain.router):
         app.include_router(router)
-    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + 64 * 1024)
+    app.include_router(admin.router)
+    if settings.metrics_enabled:
+        app.include_router(metrics_route.router)
+    form_overhead = 64 * 1024
+    app.add_middleware(
+        BodyLimit,
+        limit=settings.max_upload_bytes + form_overhead,
+        overrides={("POST", "/api/models"): settings.max_model_upload_bytes + form_overhead},
+    )
+    app.add_middleware(
+        Observe, metrics=app.state.metrics, max_inflight=settings.max_inflight_requests
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["*"],
             expose_headers=["X-Convscope-Channels", "X-Convscope-Grid"],
         )

@@ -27,7 +27,18 @@ STATUS: dict[type[e.ConvscopeError], int] = {
     e.ResponseTooLargeError: 422,
     e.InvalidModelFileError: 422,
     e.OverloadedError: 503,
+    e.ModelUploadDisabledError: 403,
+    e.UnauthorizedError: 401,
+    e.ModelNotDeletableError: 409,
+    e.StorageError: 503,
+    e.UnknownJobError: 404,
+    e.JobNotFinishedError: 409,
+    e.CancelledError: 409,
 }
+
+# Echoed user input (a 1 MB "layer name") must not make the error itself huge.
+MAX_DETAIL_CHARS = 2000
+MAX_EXTRA_CHARS = 256
 
 
 def status_of(exc: e.ConvscopeError) -> int:
@@ -39,8 +50,17 @@ def status_of(exc: e.ConvscopeError) -> int:
     return 400
 
 
+def _clip(text: str, limit: int) -> str:
+    """Shorten from the middle: the start names the problem, the end holds the hint."""
+    if len(text) <= limit:
+        return text
+    head, tail = limit * 2 // 3, limit // 3
+    return f"{text[:head]}...[{len(text) - head - tail} characters]...{text[-tail:]}"
+
+
 def error_body(detail: str, code: str, **extra: object) -> dict[str, object]:
-    return {"detail": detail, "code": code, **extra}
+    clipped = {k: _clip(v, MAX_EXTRA_CHARS) if isinstance(v, str) else v for k, v in extra.items()}
+    return {"detail": _clip(detail, MAX_DETAIL_CHARS), "code": code, **clipped}
 
 
 async def convscope_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -48,6 +68,8 @@ async def convscope_error(_request: Request, exc: Exception) -> JSONResponse:
     headers = {}
     if isinstance(exc, e.OverloadedError):
         headers["Retry-After"] = str(exc.retry_after)
+    if isinstance(exc, e.UnauthorizedError):
+        headers["WWW-Authenticate"] = 'Bearer realm="convscope"'
     return JSONResponse(
         error_body(exc.detail, exc.code, **exc.extra), status_code=status_of(exc), headers=headers
     )
@@ -60,9 +82,20 @@ async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
         where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("query", "path", "body"))
         problems.append(f"{where or 'request'}: {err.get('msg', 'invalid')}")
     return JSONResponse(
-        error_body("; ".join(problems), "invalid_parameter", errors=jsonable(exc.errors())),
+        error_body("; ".join(problems), "invalid_parameter", errors=jsonable(_clipped(exc))),
         status_code=422,
     )
+
+
+def _clipped(exc: RequestValidationError) -> list[dict[str, object]]:
+    """Pydantic's error list with echoed inputs shortened (they can be megabytes)."""
+    out = []
+    for err in exc.errors():
+        err = dict(err)
+        if isinstance(err.get("input"), str | bytes):
+            err["input"] = _clip(str(err["input"]), MAX_EXTRA_CHARS)
+        out.append(err)
+    return out
 
 
 def jsonable(errors: object) -> object:

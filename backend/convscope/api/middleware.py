@@ -8,6 +8,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from convscope.api.logs import REQUEST_ID
+
 log = logging.getLogger("convscope.access")
 
 CSP = (
@@ -32,8 +34,9 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _header(scope, b"x-request-id") or uuid.uuid4().hex[:16]
+        request_id = _request_id(_header(scope, b"x-request-id"))
         scope.setdefault("state", {})["request_id"] = request_id
+        token = REQUEST_ID.set(request_id)  # for every log line written for this request
         csp = DOCS_CSP if scope["path"] in ("/docs", "/redoc") else CSP
 
         async def send_with_headers(message: Message) -> None:
@@ -49,38 +52,64 @@ class SecurityHeaders:
                 message["headers"] = headers
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            REQUEST_ID.reset(token)
+
+
+def _request_id(given: str | None) -> str:
+    """The client's X-Request-Id if it is short and plain (it goes into logs), else a new one."""
+    if given and len(given) <= 64 and all(c.isalnum() or c in "-_.:" for c in given):
+        return given
+    return uuid.uuid4().hex[:16]
 
 
 class BodyLimit:
-    """413 for bodies over ``limit`` bytes, declared (Content-Length) or streamed (chunked)."""
+    """413 for bodies over ``limit`` bytes, declared (Content-Length) or streamed (chunked).
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    ``overrides`` maps ``(method, path)`` to a different limit (model uploads are bigger).
+    """
+
+    def __init__(
+        self, app: ASGIApp, limit: int, overrides: dict[tuple[str, str], int] | None = None
+    ) -> None:
         self.app = app
         self.limit = limit
+        self.overrides = overrides or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.overrides.get((scope["method"], scope["path"].rstrip("/")), self.limit)
         declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await _too_large(send, self.limit)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _too_large(send, limit)
             return
         received = 0
         started = False
+        exceeded = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
+                if received > limit:
+                    exceeded = True
                     raise _BodyTooLarge
             return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
+            if exceeded:
+                # The app turned our exception into its own error (FastAPI answers 400 "error
+                # parsing the body"): answer 413 instead, once, and drop the app's response.
+                if not started:
+                    started = True
+                    await _too_large(send, limit)
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
@@ -89,7 +118,7 @@ class BodyLimit:
             await self.app(scope, limited_receive, tracking_send)
         except _BodyTooLarge:
             if not started:
-                await _too_large(send, self.limit)
+                await _too_large(send, limit)
 
 
 class _BodyTooLarge(Exception):
@@ -102,7 +131,8 @@ async def _too_large(send: Send, limit: int) -> None:
     body = orjson.dumps(
         {
             "detail": f"request body larger than the limit of {limit} bytes "
-            "(CONVSCOPE_MAX_UPLOAD_BYTES plus form overhead)",
+            "(CONVSCOPE_MAX_UPLOAD_BYTES, or CONVSCOPE_MAX_MODEL_UPLOAD_BYTES for model "
+            "uploads, plus form overhead)",
             "code": "payload_too_large",
         }
     )

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import base64
 import io
+import struct
+import zlib
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import orjson
 import torch
-from PIL import Image
 
 
 def to_uint8(unit: torch.Tensor) -> npt.NDArray[np.uint8]:
@@ -19,16 +20,41 @@ def to_uint8(unit: torch.Tensor) -> npt.NDArray[np.uint8]:
 
 
 def png(pixels: npt.NDArray[np.uint8], *, compress_level: int = 1) -> bytes:
-    """Encode ``uint8[H, W]`` (grey) or ``uint8[H, W, 3]`` (RGB) as PNG.
+    """Encode ``uint8[H, W]`` (grey) or ``uint8[H, W, 3]`` (RGB) as PNG (8 bits, no interlace).
 
-    Level 1 zlib is ~5x faster than the default with files ~20% larger: the right trade for a
-    service that renders on demand.
+    Written out here rather than by Pillow, which tries all five PNG row filters on every row:
+    on our grids that took 3-5x longer than the compression itself. Every row here uses the
+    "Up" filter (difference to the row above), so the rows that nearest-neighbour upscaling
+    repeats become zeros; zlib level 1 then costs about what a copy does, and the files are
+    about the size Pillow's level 1 gives.
     """
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(pixels)).save(
-        buffer, format="PNG", compress_level=compress_level
+    pixels = np.ascontiguousarray(pixels)
+    if pixels.dtype != np.uint8 or not (
+        pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[2] == 3)
+    ):
+        raise ValueError(
+            f"expected uint8[H, W] or uint8[H, W, 3], got {pixels.dtype}{pixels.shape}"
+        )
+    height, width = pixels.shape[:2]
+    rows = pixels.reshape(height, -1)
+    filtered = np.empty((height, rows.shape[1] + 1), np.uint8)
+    filtered[:, 0] = 2  # filter type "Up"; the row above the first one counts as zeros
+    filtered[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # modulo 256, as PNG wants
+    header = struct.pack(">IIBBBBB", width, height, 8, 0 if pixels.ndim == 2 else 2, 0, 0, 0)
+    return b"".join(
+        (
+            b"\x89PNG\r\n\x1a\n",
+            _chunk(b"IHDR", header),
+            _chunk(b"IDAT", zlib.compress(filtered, compress_level)),
+            _chunk(b"IEND", b""),
+        )
     )
-    return buffer.getvalue()
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    crc = zlib.crc32(data, zlib.crc32(kind))
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
 
 def npy(array: npt.NDArray[Any] | torch.Tensor) -> bytes:

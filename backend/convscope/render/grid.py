@@ -6,8 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
-from torchvision.utils import make_grid
 
 Normalize = Literal["channel", "layer"]
 
@@ -86,20 +86,46 @@ def tile(
     """Tile ``Tensor[N, C, H, W]`` (uint8, C = 1 or 3) into ``Tensor[C, GH, GW]`` (uint8).
 
     Tiles are upscaled by an integer ``scale`` with nearest-neighbour, so each weight or
-    activation stays a crisp square. Tiling is torchvision's ``make_grid``.
+    activation stays a crisp square. The layout and pixels are those of torchvision's
+    ``make_grid`` on the upscaled tiles (the tests hold it to that), drawn in one pass
+    straight into a row-major ``[GH, GW, C]`` buffer: no upscaled copy of the tiles, and the
+    PNG encoder reads the result (``to_pixels``) without a transpose.
     """
-    if scale > 1:
-        images = images.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
     n, channels, h, w = images.shape
-    ncol = ncol or default_nrow(n, h, w)
-    # make_grid's "nrow" is the number of images per row, i.e. our column count.
-    grid = make_grid(images, nrow=ncol, padding=padding, pad_value=pad_value)
-    if channels == 1:
-        grid = grid[:1]
-    if n == 1:  # make_grid returns a lone image as it is, without padding
+    tile_h, tile_w = h * scale, w * scale
+    ncol = ncol or default_nrow(n, tile_h, tile_w)
+    if n == 1:  # like make_grid: a lone image as it is, without padding
         padding = 0
-    layout = GridLayout(n, math.ceil(n / ncol), ncol, h, w, padding, scale)
-    return grid, layout
+    cols = min(ncol, n)
+    rows = math.ceil(n / cols)
+    out = np.full(
+        (rows * (tile_h + padding) + padding, cols * (tile_w + padding) + padding, channels),
+        pad_value,
+        dtype=np.uint8,
+    )
+    sy, sx, sc = out.strides
+    # out viewed as [row, y, y-repeat, col, x, x-repeat, channel] over the tiles' pixels.
+    cells = np.lib.stride_tricks.as_strided(
+        out[padding:, padding:],
+        shape=(rows, h, scale, cols, w, scale, channels),
+        strides=(
+            (tile_h + padding) * sy,
+            scale * sy,
+            sy,
+            (tile_w + padding) * sx,
+            scale * sx,
+            sx,
+            sc,
+        ),
+    )
+    pixels = images.permute(0, 2, 3, 1).numpy()  # [N, H, W, C], a view
+    full, rest = divmod(n, cols)
+    whole = pixels[: full * cols].reshape(full, cols, h, w, channels).transpose(0, 2, 1, 3, 4)
+    cells[:full] = whole[:, :, None, :, :, None, :]
+    if rest:
+        cells[full, :, :, :rest] = pixels[full * cols :].transpose(1, 0, 2, 3)[:, None, :, :, None]
+    layout = GridLayout(n, rows, ncol, tile_h, tile_w, padding, scale)
+    return torch.from_numpy(out).permute(2, 0, 1), layout
 
 
 def to_pixels(grid: torch.Tensor) -> torch.Tensor:

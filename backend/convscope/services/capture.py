@@ -1,7 +1,8 @@
-"""Capture module outputs during one forward pass: scoped hooks, detached clones."""
+"""Capture module outputs during one forward pass: scoped hooks, outputs kept without copies."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
@@ -16,9 +17,10 @@ class Capture:
     """The outputs of one forward pass of one image.
 
     ``maps[name]`` is the output of module ``name`` for the image: float32 ``Tensor[C, H, W]``
-    for spatial outputs, ``Tensor[F]`` for flat ones. ``logits`` is ``Tensor[num_classes]``.
-    Tensors shared between modules (an ``Identity``, a block returning its last layer's
-    output untouched) are stored once.
+    for spatial outputs, ``Tensor[F]`` for flat ones, on the CPU, possibly non-contiguous.
+    ``logits`` is ``Tensor[num_classes]``. Tensors shared between modules (an ``Identity``, a
+    block returning its last layer's output untouched) are stored once. Read-only: the
+    tensors may be shared by every request for the same image.
     """
 
     maps: dict[str, torch.Tensor]
@@ -27,54 +29,98 @@ class Capture:
     nbytes: int
 
 
+@dataclass
+class _Saved:
+    tensor: torch.Tensor
+    version: int  # the output's version counter when the hook saw it
+    copied: bool
+
+
 def capture(model: LoadedModel, x: torch.Tensor, layers: Collection[str] | None = None) -> Capture:
     """Run ``model`` on ``x`` (``Tensor[3, S, S]``); keep the outputs of ``layers`` (all if None).
 
-    Hooks live only during this call and are removed in ``finally``; the model's lock keeps
-    other requests' forwards out meanwhile. Each output is cloned at hook time, so an in-place
-    op later in the forward (``ReLU(inplace=True)`` after a conv) cannot change what we saw.
+    Hooks live only during this call, are removed in ``finally`` and ignore forwards run by
+    other threads; the model's lock keeps other captures out meanwhile.
+
+    Outputs are kept by reference, not copied: the forward's own buffers become the capture.
+    Only an output that a later op changes in place (``ReLU(inplace=True)`` after a conv, a
+    residual ``out += identity``) must be copied when its hook runs. Which outputs those are is
+    learned from the version counters (an in-place op bumps the counter of every view of the
+    storage) and remembered in ``model.inplace_outputs``; when a forward changes an output
+    that was not copied, the forward is run again with copies, so what we return is always
+    what each module produced.
     """
     wanted = None if layers is None else set(layers)
-    maps: dict[str, torch.Tensor] = {}
-    seen: dict[tuple[int, int, tuple[int, ...]], torch.Tensor] = {}
-    alive: list[torch.Tensor] = []  # keeps captured storages from being reused mid-forward
-    nbytes = 0
+    with model.lock:
+        result, changed = _forward(model, x, wanted, copy=model.inplace_outputs)
+        if changed:
+            model.inplace_outputs.update(changed)
+            result, changed = _forward(model, x, wanted, copy=None)
+    return result
+
+
+def _forward(
+    model: LoadedModel, x: torch.Tensor, wanted: set[str] | None, copy: set[str] | None
+) -> tuple[Capture, set[str]]:
+    """One hooked forward. ``copy``: names whose outputs are copied at hook time (None: all).
+
+    Returns the capture and the names whose kept (uncopied) output changed after its hook ran.
+    """
+    saved: dict[tuple[int, int, tuple[int, ...]], _Saved] = {}
+    latest: dict[str, _Saved] = {}  # a module called twice keeps its last output
+    alive: list[torch.Tensor] = []  # copied outputs' sources: their addresses stay unique
+    owner = threading.get_ident()
 
     def make_hook(name: str):
+        copy_this = copy is None or name in copy
+
         def hook(_module: Any, _inputs: Any, output: Any) -> None:
-            nonlocal nbytes
+            if threading.get_ident() != owner:
+                return  # another thread's forward on the same module (e.g. an optimisation)
             if not isinstance(output, torch.Tensor) or output.dim() < 2:
                 return
             # Same storage, same version counter, same shape: the very same values.
             key = (output.data_ptr(), output._version, tuple(output.shape))
-            saved = seen.get(key)
-            if saved is None:
-                saved = output[0].detach().to("cpu", torch.float32, copy=True)
-                seen[key] = saved
-                alive.append(output)
-                nbytes += saved.numel() * saved.element_size()
-            maps[name] = saved
+            entry = saved.get(key)
+            if entry is None:
+                single = output[0].detach()
+                copied = copy_this or single.dtype != torch.float32
+                if copied:
+                    single = single.to(torch.float32, copy=True)
+                    alive.append(output)
+                entry = saved[key] = _Saved(single, output._version, copied)
+            latest[name] = entry
 
         return hook
 
     handles = []
     module = model.module
     was_training = module.training
-    with model.lock:
-        try:
-            for name, sub in module.named_modules():
-                name = name or ROOT_LAYER
-                if wanted is None or name in wanted:
-                    handles.append(sub.register_forward_hook(make_hook(name)))
-            module.eval()
-            # no_grad rather than inference_mode: inference tensors have no version counter,
-            # which the de-duplication above relies on.
-            with torch.no_grad():
-                logits = module(x.unsqueeze(0).to(model.device))
-        finally:
-            for handle in handles:
-                handle.remove()
-            module.train(was_training)
-            alive.clear()
+    try:
+        for name, sub in module.named_modules():
+            name = name or ROOT_LAYER
+            if wanted is None or name in wanted:
+                handles.append(sub.register_forward_hook(make_hook(name)))
+        module.eval()
+        # no_grad rather than inference_mode: inference tensors have no version counter,
+        # which both the de-duplication and the in-place detection rely on.
+        with torch.no_grad():
+            logits = module(x.unsqueeze(0).to(model.device))
+    finally:
+        for handle in handles:
+            handle.remove()
+        module.train(was_training)
+    alive.clear()
+    changed = {
+        name
+        for name, entry in latest.items()
+        if not entry.copied and entry.tensor._version != entry.version
+    }
+    on_cpu = {id(entry): entry.tensor.cpu() for entry in latest.values()}
+    maps = {name: on_cpu[id(entry)] for name, entry in latest.items()}
+    storages = {
+        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in on_cpu.values()
+    }
     logits = logits[0].detach().to("cpu", torch.float32)
-    return Capture(maps=maps, logits=logits, input=x, nbytes=nbytes + x.numel() * 4)
+    nbytes = sum(storages.values()) + x.numel() * x.element_size()
+    return Capture(maps=maps, logits=logits, input=x, nbytes=nbytes), changed

@@ -25,6 +25,7 @@ class FilterView:
     input_channel: int | None = None
     reduce: Reduce = "mean"
     rgb: bool | None = None  # None: colour when the filters see 3 input channels
+    slices_of: int | None = None  # draw this one filter, one tile per input channel
 
 
 def conv_weight(model: LoadedModel, layer: str) -> tuple[nn.Conv2d, torch.Tensor]:

@@ -15,6 +15,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 import warnings
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -48,31 +49,73 @@ class ImageRecord:
         return asdict(self)
 
 
+# ``warnings.catch_warnings`` swaps process-wide state: one decoder at a time may hold it.
+_WARNINGS_LOCK = threading.Lock()
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+
+
+def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
+    """``Image.open`` (header only) with Pillow's bomb warning as an error and our own limit.
+
+    Pillow warns above ``Image.MAX_IMAGE_PIXELS`` (about 89 Mpx) and refuses above twice that;
+    a warning alone would let it decode, so it is an error here, as is anything above
+    ``max_pixels``. The pixel count is known from the header, before any pixel is decoded.
+    """
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageTooLargeError(
+                f"image is {width}x{height} = {width * height} pixels; the limit is "
+                f"{max_pixels} (CONVSCOPE_MAX_IMAGE_PIXELS)"
+            )
+        image.seek(0)  # animated images: the first frame
+    return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any decoded mode -> 8-bit RGB: 16/32-bit greyscale scaled (not clipped), alpha over white."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        import numpy as np
+
+        values = np.asarray(image).astype(np.int64)
+        if image.mode != "I" or values.max(initial=0) > 255:
+            values = values >> 8  # 16-bit samples: keep the 8 most significant bits
+        return Image.fromarray(values.clip(0, 255).astype(np.uint8), "L").convert("RGB")
+    if image.mode == "F":
+        import numpy as np
+
+        values = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0)
+        return Image.fromarray(values.clip(0, 255).astype(np.uint8), "L").convert("RGB")
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 def decode(data: bytes, *, max_pixels: int) -> tuple[Image.Image, str]:
     """Decode image bytes into an RGB ``PIL.Image`` (EXIF rotation applied) and its format.
 
     Raises ``InvalidImageError`` (empty, not an image, unsupported format, truncated) or
-    ``ImageTooLargeError`` (more than ``max_pixels`` pixels), before decoding pixel data
-    where possible. Animated images give their first frame.
+    ``ImageTooLargeError`` (more than ``max_pixels`` pixels, or than Pillow's own bomb limit),
+    before decoding pixel data. Animated images give their first frame; 16-bit greyscale is
+    scaled to 8 bits; transparent pixels become white.
     """
     if not data:
         raise InvalidImageError(
             "the file is empty (0 bytes); expected a JPEG, PNG, WebP, GIF, BMP or TIFF image"
         )
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageTooLargeError(
-                    f"image is {width}x{height} = {width * height} pixels; the limit is "
-                    f"{max_pixels} (CONVSCOPE_MAX_IMAGE_PIXELS)"
-                )
-            fmt = image.format or "?"
-            image.seek(0)
-            image.load()
-            rgb = ImageOps.exif_transpose(image).convert("RGB")
+        image = _open_checked(data, max_pixels)
+        fmt = image.format or "?"
+        image.load()
+        try:
+            image = ImageOps.exif_transpose(image) or image
+        except Exception as exc:  # a malformed EXIF block: keep the pixels as stored
+            log.info("ignoring unreadable EXIF orientation: %r", exc)
+        rgb = _to_rgb(image)
     except (ImageTooLargeError, InvalidImageError):
         raise
     except UnidentifiedImageError:
@@ -82,8 +125,13 @@ def decode(data: bytes, *, max_pixels: int) -> tuple[Image.Image, str]:
             unsupported_type=True,
         ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLargeError(f"image rejected as a decompression bomb: {exc}") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageTooLargeError(
+            f"image rejected as a decompression bomb ({exc}); the limit is {max_pixels} "
+            "pixels (CONVSCOPE_MAX_IMAGE_PIXELS)"
+        ) from None
+    except MemoryError:
+        raise ImageTooLargeError("image too large to decode in the memory available") from None
+    except Exception as exc:  # untrusted bytes: any decoder failure is the file's fault
         raise InvalidImageError(f"the image is truncated or corrupt: {exc}") from None
     return rgb, fmt
 
@@ -92,8 +140,17 @@ def image_id(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+TMP_PREFIX, TMP_SUFFIX = ".tmp-", ".part"  # never matches the *.json / *.img globs
+STALE_TMP_SECONDS = 3600.0
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    """Write to a hidden temporary file, fsync, rename over ``path``, fsync the folder.
+
+    A reader (or a replica) sees the old file or the new one, never part of one; after a
+    ``kill -9`` or a power cut an acknowledged write is still there.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX, suffix=TMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -103,6 +160,11 @@ def _atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 SAMPLES: dict[str, tuple[str, str, str]] = {
@@ -137,6 +199,15 @@ class ImageStore:
         self._lock = threading.Lock()
         self._samples: dict[str, tuple[ImageRecord, bytes]] = {}
         self._load_samples()
+        self._remove_stale_temporaries()
+
+    def _remove_stale_temporaries(self) -> None:
+        """Temporary files of writes that a killed process (on any replica) never finished."""
+        now = time.time()
+        for tmp in self.root.glob(f"{TMP_PREFIX}*{TMP_SUFFIX}"):
+            with contextlib.suppress(OSError):
+                if now - tmp.stat().st_mtime > STALE_TMP_SECONDS:
+                    tmp.unlink()
 
     def _load_samples(self) -> None:
         folder = resources.files("convscope") / "data" / "samples"
@@ -221,6 +292,8 @@ class ImageStore:
         samples = [record for record, _ in self._samples.values()]
         uploads = []
         for meta in sorted(self.root.glob("*.json"), key=_mtime, reverse=True):
+            if meta.name.startswith("."):
+                continue
             try:
                 uploads.append(ImageRecord(**json.loads(meta.read_text())))
             except (OSError, ValueError, TypeError):

@@ -42,6 +42,8 @@ class LoadedModel:
     device: torch.device
     load_seconds: float
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Layers whose output a later op changes in place (learned by capture.py, under ``lock``).
+    inplace_outputs: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self._by_name = {info.name: info for info in self.layers}
@@ -82,6 +84,7 @@ class ModelRegistry:
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self._errors: dict[str, str] = {}
         self.specs: dict[str, ModelSpec] = {}
+        self.load_failures = 0  # since start: exported as a metric
         self.refresh()
 
     def refresh(self) -> None:
@@ -215,6 +218,7 @@ class ModelRegistry:
         log.error("model %s failed to load: %s", name, error)
         with self._lock:
             self._errors[name] = error
+            self.load_failures += 1
 
     def _evict(self) -> None:
         while len(self._loaded) > self.settings.max_loaded_models:

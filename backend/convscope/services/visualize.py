@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -23,29 +23,18 @@ from convscope.errors import (
 from convscope.render import colormap, encode, grid
 from convscope.services.cache import ByteLRU
 from convscope.services.capture import Capture, capture
+from convscope.services.explain import Explainer
 from convscope.services.filters import FilterView, auto_scale, conv_weight, filter_tiles
 from convscope.services.gate import ComputeGate
 from convscope.services.images import ImageRecord, ImageStore
+from convscope.services.output import JSON, NPY, PNG, Rendered
 from convscope.services.registry import LoadedModel, ModelRegistry
+from convscope.services.runtime import configure_threads, tune_allocator
 from convscope.services.selection import parse_channels
 
 log = logging.getLogger(__name__)
 
 Format = Literal["png", "json", "npy"]
-PNG, NPY, JSON = "image/png", "application/x-npy", "application/json"
-
-
-@dataclass(frozen=True)
-class Rendered:
-    """Bytes ready to send, their media type and any extra headers."""
-
-    content: bytes
-    media_type: str
-    headers: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def nbytes(self) -> int:
-        return len(self.content)
 
 
 @dataclass(frozen=True)
@@ -60,6 +49,7 @@ class MapView:
     padding: int = 2
     limit: int | None = None
     dtype: Literal["uint8", "float32"] = "uint8"
+    background: int = 255  # grey level of the padding between tiles
 
 
 def _check_colormap(name: str) -> None:
@@ -84,8 +74,7 @@ class Convscope:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        if settings.torch_threads:
-            torch.set_num_threads(settings.torch_threads)
+        tune_allocator(arenas=configure_threads(settings.torch_threads))
         self.registry = ModelRegistry(settings)
         self.images = ImageStore(
             settings.data_dir,
@@ -98,6 +87,7 @@ class Convscope:
         )
         self.rendered: ByteLRU[Rendered] = ByteLRU(settings.render_cache_bytes, lambda r: r.nbytes)
         self.gate = ComputeGate(settings.max_concurrent_compute, settings.max_queue)
+        self.explain = Explainer(settings, self.registry, self.images, self.gate)
 
     # --- models and layers ------------------------------------------------------------
 
@@ -132,13 +122,29 @@ class Convscope:
         channels: str | None = None,
         colormap_name: str = "gray",
         padding: int = 1,
+        values: bool = True,
+        background: int = 255,
     ) -> Rendered:
-        """A conv layer's filters as a PNG grid, JSON (values and stats) or NPY (exact)."""
+        """A conv layer's filters as a PNG grid, JSON (values and stats) or NPY (exact).
+
+        ``values=False`` leaves the weights out of the JSON (layout and stats only);
+        ``background`` is the grey level (0-255) of the padding between tiles.
+        """
         model = self.model(model_name)
         conv, weight = conv_weight(model, layer)
         if fmt == "npy":
             return Rendered(encode.npy(weight), NPY, {"X-Convscope-Shape": _shape(weight)})
         _check_colormap(colormap_name)
+        if view.slices_of is not None:
+            # One filter, one tile per input channel: what this output channel looks for.
+            if not 0 <= view.slices_of < weight.shape[0]:
+                raise InvalidParameterError(
+                    "filter",
+                    f"expected 0 <= filter < {weight.shape[0]} (out_channels), "
+                    f"got {view.slices_of}",
+                )
+            weight = weight[view.slices_of].unsqueeze(1)  # [I, 1, kH, kW]
+            view = FilterView(normalize=view.normalize, rgb=False)
         picked = parse_channels(channels, weight.shape[0])
         selected = weight if picked is None else weight[picked]
         tiles, mode = filter_tiles(selected, view)
@@ -150,7 +156,9 @@ class Convscope:
         if pixels.shape[1] == 1 and colormap_name != "gray":
             pixels = colormap.apply(pixels[:, 0], colormap_name).transpose(0, 3, 1, 2)
         self._check_grid(len(indices), tiles.shape[-2], tiles.shape[-1], scale, padding)
-        image, layout = grid.tile(torch.from_numpy(pixels), scale=scale, padding=padding)
+        image, layout = grid.tile(
+            torch.from_numpy(pixels), scale=scale, padding=padding, pad_value=background
+        )
         headers = {
             "X-Convscope-Grid": layout.header(),
             "X-Convscope-Channels": ",".join(map(str, indices)),
@@ -159,7 +167,7 @@ class Convscope:
         if fmt == "png":
             return Rendered(encode.png(grid.to_pixels(image).numpy()), PNG, headers)
         numel = selected.numel()
-        if numel > self.settings.max_json_floats:
+        if values and numel > self.settings.max_json_floats:
             raise ResponseTooLargeError(
                 f"JSON would hold {numel} floats, above the limit of "
                 f"{self.settings.max_json_floats}; use format=npy (or pick fewer channels)"
@@ -184,8 +192,9 @@ class Convscope:
                 "std": float(flat.std(unbiased=False)),
             },
             "filter_stats": _stats(weight.flatten(1).unsqueeze(-1)),
-            "values": selected.numpy(),
         }
+        if values:
+            payload["values"] = selected.numpy()
         return Rendered(encode.json(payload), JSON, headers)
 
     # --- images -------------------------------------------------------------------------
@@ -312,7 +321,7 @@ class Convscope:
             torch.from_numpy(pixels).permute(0, 3, 1, 2),
             scale=scale,
             padding=view.padding,
-            pad_value=255,
+            pad_value=view.background,
         )
         headers["X-Convscope-Grid"] = layout.header()
         return Rendered(encode.png(grid.to_pixels(image).numpy()), PNG, headers)

@@ -43,8 +43,9 @@ def map_view(
     dtype: Annotated[
         Literal["uint8", "float32"], Query(description="JSON only: quantised maps or floats")
     ] = "uint8",
+    background: Annotated[int, Query(ge=0, le=255, description="grey level between tiles")] = 255,
 ) -> MapView:
-    return MapView(channels, order, colormap, normalize, scale, padding, limit, dtype)
+    return MapView(channels, order, colormap, normalize, scale, padding, limit, dtype, background)
 
 
 MapViewDep = Annotated[MapView, Depends(map_view)]

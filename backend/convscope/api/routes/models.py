@@ -64,9 +64,17 @@ def filters(
     scale: Annotated[int | None, Query(ge=1, description="nearest-neighbour upscaling")] = None,
     colormap: Annotated[str, Query(description="for single-channel tiles")] = "gray",
     padding: Annotated[int, Query(ge=0, le=16)] = 1,
+    background: Annotated[int, Query(ge=0, le=255, description="grey level between tiles")] = 255,
+    values: Annotated[bool, Query(description="JSON: include the weights")] = True,
+    filter_index: Annotated[
+        int | None,
+        Query(alias="filter", ge=0, description="one filter, a tile per input channel"),
+    ] = None,
 ) -> Response:
     """A conv layer's filters: PNG grid, JSON (shape, values, stats, layout) or exact NPY."""
-    view = FilterView(normalize=normalize, input_channel=input_channel, reduce=reduce)
+    view = FilterView(
+        normalize=normalize, input_channel=input_channel, reduce=reduce, slices_of=filter_index
+    )
     rendered = service.filters(
         model,
         layer,
@@ -76,5 +84,7 @@ def filters(
         channels=channels,
         colormap_name=colormap,
         padding=padding,
+        values=values,
+        background=background,
     )
     return send(rendered, filename=f"{model}_{layer}_filters.{fmt}")

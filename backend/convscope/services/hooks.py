@@ -1,0 +1,111 @@
+"""Scoped forward hooks that keep layer outputs WITH their graph, for gradients w.r.t. them.
+
+``capture.py`` keeps detached copies for display; optimisation and attribution need the live
+tensors instead. :class:`LayerTap` hooks only the named layers, only reacts to forwards run by
+the thread that opened it, can stop the forward once every tapped layer has run (nothing
+after the deepest layer is computed), and removes its hooks on exit, error or not.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from types import TracebackType
+from typing import Any
+
+import torch
+from torch import nn
+
+from convscope.errors import NoActivationError, UnknownLayerError
+
+
+class _StopForward(Exception):
+    """Raised by a hook once every tapped layer has run; caught by :meth:`LayerTap.run`."""
+
+
+def resolve_layers(
+    module: nn.Module, layers: Iterable[str], model_name: str
+) -> dict[str, nn.Module]:
+    """Map dotted ``named_modules()`` names to modules; unknown names raise UnknownLayerError."""
+    named = dict(module.named_modules())
+    found = {}
+    for layer in layers:
+        if layer not in named or layer == "":
+            raise UnknownLayerError(model_name, layer)
+        found[layer] = named[layer]
+    return found
+
+
+class LayerTap:
+    """Context manager: during ``with``, :meth:`run` returns ``{layer: output}`` for a batch.
+
+    Outputs keep their autograd graph. Each hook hands the rest of the network a clone, so
+    an in-place op downstream (``ReLU(inplace=True)``) cannot change the tapped tensor.
+    With ``stop_early`` the forward is aborted after the last tapped layer has run.
+    """
+
+    def __init__(
+        self, module: nn.Module, layers: Sequence[str], model_name: str, *, stop_early: bool = True
+    ) -> None:
+        self.module = module
+        self.model_name = model_name
+        self.targets = resolve_layers(module, layers, model_name)
+        self.stop_early = stop_early
+        self.outputs: dict[str, torch.Tensor] = {}
+        self._handles: list[Any] = []
+        self._thread = threading.get_ident()
+
+    def _hook(self, name: str) -> Callable[[nn.Module, Any, Any], Any]:
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+            if threading.get_ident() != self._thread or name in self.outputs:
+                return None  # another request's forward, or a module called twice
+            if not isinstance(output, torch.Tensor):
+                return None
+            self.outputs[name] = output
+            if self.stop_early and len(self.outputs) == len(self.targets):
+                raise _StopForward
+            return output.clone()
+
+        return hook
+
+    def __enter__(self) -> LayerTap:
+        self._thread = threading.get_ident()
+        try:
+            for name, target in self.targets.items():
+                self._handles.append(target.register_forward_hook(self._hook(name)))
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._remove()
+
+    def _remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def run(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """Forward ``Tensor[N, 3, H, W]``; return the tapped outputs and the model output.
+
+        The model output is None when the forward stopped early.
+        """
+        self.outputs = {}
+        try:
+            result = self.module(x)
+        except _StopForward:
+            result = None
+        missing = [name for name in self.targets if name not in self.outputs]
+        if missing:
+            raise NoActivationError(
+                self.model_name,
+                missing[0],
+                "the layer did not run or returned no tensor during the forward pass",
+            )
+        return self.outputs, result if isinstance(result, torch.Tensor) else None

@@ -1,0 +1,162 @@
+// api.js — the only module that calls fetch. Everything else asks it for data or URLs.
+//
+// Errors become ApiError with the server's plain-words `detail` (and its machine `code`).
+// Every loader takes an AbortSignal so a view can drop a request it no longer needs.
+
+export class ApiError extends Error {
+  constructor(status, detail, code) {
+    super(detail);
+    this.name = 'ApiError';
+    this.status = status;
+    this.code = code;
+  }
+}
+
+const enc = encodeURIComponent;
+
+function query(params = {}) {
+  const search = new URLSearchParams();
+  for (const [key, value] of Object.entries(params)) {
+    if (value !== null && value !== undefined && value !== '') search.set(key, String(value));
+  }
+  const text = search.toString();
+  return text ? `?${text}` : '';
+}
+
+function detailOf(body) {
+  if (typeof body?.detail === 'string') return body.detail;
+  if (Array.isArray(body?.detail)) {
+    // FastAPI validation errors: [{loc: [...], msg: "..."}]
+    return body.detail.map((d) => [d.loc?.slice(1).join('.'), d.msg].filter(Boolean).join(': ')).join('; ');
+  }
+  return null;
+}
+
+async function request(path, { signal, method = 'GET', body } = {}) {
+  let response;
+  try {
+    response = await fetch(path, { method, body, signal });
+  } catch (err) {
+    if (signal?.aborted) throw err;
+    throw new ApiError(0, 'Cannot reach the convscope server. Check that it is running, then reload.', 'network');
+  }
+  if (!response.ok) {
+    let detail = null;
+    let code = `http_${response.status}`;
+    try {
+      const payload = await response.json();
+      detail = detailOf(payload);
+      code = payload.code ?? code;
+    } catch {
+      // not JSON: fall through to the status line
+    }
+    throw new ApiError(response.status, detail ?? `The server answered ${response.status} ${response.statusText}.`, code);
+  }
+  return response;
+}
+
+async function json(path, options) {
+  const response = await request(path, options);
+  const data = await response.json();
+  options?.signal?.throwIfAborted();
+  return data;
+}
+
+async function blob(path, options) {
+  const response = await request(path, options);
+  const data = await response.blob();
+  options?.signal?.throwIfAborted();
+  return { url: URL.createObjectURL(data), headers: response.headers };
+}
+
+// ---- URLs (for <img src>, download links) --------------------------------------------------
+
+const modelPath = (model) => `/api/models/${enc(model)}`;
+const imagePath = (model, image) => `${modelPath(model)}/images/${enc(image)}`;
+
+export const urls = {
+  image: (id) => `/api/images/${enc(id)}`,
+  input: (model, image, format = 'png') => `${imagePath(model, image)}/input${query({ format })}`,
+  filters: (model, layer, params) => `${modelPath(model)}/layers/${enc(layer)}/filters${query(params)}`,
+  activations: (model, image, layer, params) =>
+    `${imagePath(model, image)}/activations/${enc(layer)}${query(params)}`,
+};
+
+// ---- Loaders ---------------------------------------------------------------------------------
+
+export const listModels = (signal) => json('/api/models', { signal });
+export const listLayers = (model, signal) => json(`${modelPath(model)}/layers`, { signal });
+export const listImages = (signal) => json('/api/images', { signal });
+
+export function uploadImage(file, signal) {
+  const form = new FormData();
+  form.append('file', file, file.name || 'pasted-image.png');
+  return json('/api/images', { method: 'POST', body: form, signal });
+}
+
+export const inputImage = (model, image, signal) => blob(urls.input(model, image), { signal });
+
+export const predictions = (model, image, top, signal) =>
+  json(`${imagePath(model, image)}/predictions${query({ top })}`, { signal });
+
+export const channelStats = (model, image, layer, top, signal) =>
+  json(`${imagePath(model, image)}/channels/${enc(layer)}${query({ top })}`, { signal });
+
+/** Filter grid PNG plus its layout (from the X-Convscope-Grid header). */
+export async function filterGrid(model, layer, params, signal) {
+  const { url, headers } = await blob(urls.filters(model, layer, { ...params, format: 'png' }), { signal });
+  return { url, channels: channelList(headers), grid: parseGridHeader(headers.get('X-Convscope-Grid')) };
+}
+
+/** Filter weights and per-filter stats as JSON (can be megabytes for wide 1×1 convs). */
+export const filterValues = (model, layer, params, signal) =>
+  json(urls.filters(model, layer, { ...params, format: 'json' }), { signal });
+
+function channelList(headers) {
+  return (headers.get('X-Convscope-Channels') ?? '')
+    .split(',')
+    .filter((s) => s.trim() !== '')
+    .map(Number);
+}
+
+/** Parse `X-Convscope-Grid: nrow=2;ncol=4;tile=7x7;padding=2` into numbers. */
+export function parseGridHeader(text) {
+  const out = {};
+  for (const part of (text ?? '').split(';')) {
+    const [key, value] = part.split('=').map((s) => s?.trim());
+    if (!key || value === undefined) continue;
+    if (key === 'tile') {
+      const [h, w] = value.split('x').map(Number);
+      out.tileHeight = h;
+      out.tileWidth = w;
+    } else {
+      out[key] = Number(value);
+    }
+  }
+  return out;
+}
+
+export async function activationGrid(model, image, layer, params, signal) {
+  const { url, headers } = await blob(urls.activations(model, image, layer, { ...params, format: 'png' }), { signal });
+  return { url, channels: channelList(headers), grid: parseGridHeader(headers.get('X-Convscope-Grid')) };
+}
+
+function flatten(values) {
+  return Array.isArray(values) ? values.flat(Infinity) : [];
+}
+
+function decodeFloat32(data) {
+  if (typeof data !== 'string') return Float32Array.from(flatten(data));
+  const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+  return new Float32Array(bytes.buffer);
+}
+
+/** One channel's raw float32 values: {index, min, max, mean, std, width, height, values}. */
+export async function channelValues(model, image, layer, channel, signal) {
+  const params = { format: 'json', channels: channel, dtype: 'float32' };
+  const body = await json(urls.activations(model, image, layer, params), { signal });
+  const entry = body.channels?.[0];
+  if (!entry) throw new ApiError(200, `The server sent no values for channel ${channel}.`, 'empty');
+  const [, height, width] = body.shape ?? [];
+  return { ...entry, width, height, values: decodeFloat32(entry.data) };
+}

@@ -1,0 +1,165 @@
+// main.js — owns the state. Views get data passed down; their CustomEvents come back up here,
+// become a new state, a new URL (pushState) and a render. popstate restores an older state.
+
+import * as api from './api.js';
+import { ActivationView } from './ActivationView.js';
+import { ChannelView } from './ChannelView.js';
+import { ComparePane } from './ComparePane.js';
+import { Controls } from './Controls.js';
+import { FilterGrid } from './FilterGrid.js';
+import { ImagePicker } from './ImagePicker.js';
+import { InputView } from './InputView.js';
+import { LayerList } from './LayerList.js';
+import { ModelPicker } from './ModelPicker.js';
+import { describeError } from './Panel.js';
+import { Predictions } from './Predictions.js';
+import { parse, patch, serialize } from './state.js';
+
+const $ = (id) => document.getElementById(id);
+
+const views = {
+  models: new ModelPicker($('model-picker')),
+  layers: new LayerList($('layers')),
+  images: new ImagePicker($('images')),
+  input: new InputView($('input')),
+  predictions: new Predictions($('predictions')),
+  controls: new Controls($('controls')),
+  activations: new ActivationView($('activations')),
+  compare: new ComparePane($('compare')),
+  channel: new ChannelView($('channel')),
+  filters: new FilterGrid($('filters')),
+};
+
+let state = parse(location.search);
+
+// Lists that rarely change, cached as promises so concurrent renders share one request.
+const cache = { models: null, images: null, layers: new Map() };
+
+function cached(holder, key, load) {
+  if (!holder.has(key)) {
+    const promise = load();
+    holder.set(key, promise);
+    promise.catch(() => holder.delete(key));
+  }
+  return holder.get(key);
+}
+
+const once = {
+  models: () => (cache.models ??= api.listModels().catch((e) => ((cache.models = null), Promise.reject(e)))),
+  images: () => (cache.images ??= api.listImages().catch((e) => ((cache.images = null), Promise.reject(e)))),
+  layers: (model) => cached(cache.layers, model, () => api.listLayers(model)),
+};
+
+function writeUrl(push) {
+  const search = serialize(state);
+  if (search === location.search) return;
+  const url = `${location.pathname}${search}`;
+  if (push) history.pushState(null, '', url);
+  else history.replaceState(null, '', url);
+}
+
+function commit(changes, { replace = false } = {}) {
+  state = patch(state, changes);
+  writeUrl(!replace);
+  render();
+}
+
+const on = (type, handler) => document.addEventListener(type, (e) => handler(e.detail));
+on('cs:model', ({ model }) => commit({ model }));
+on('cs:layer', ({ layer }) => commit({ layer }));
+on('cs:image', ({ image }) => commit({ image }));
+on('cs:compare', ({ image }) => commit({ compare: image }));
+on('cs:channel', ({ channel }) => commit({ channel }));
+on('cs:option', ({ key, value, replace }) => commit({ [key]: value }, { replace }));
+on('cs:uploaded', ({ image }) => {
+  cache.images = null;
+  commit({ image });
+});
+window.addEventListener('popstate', () => {
+  state = parse(location.search);
+  render();
+});
+
+let generation = 0;
+
+async function render() {
+  const gen = ++generation;
+  const stale = () => gen !== generation;
+
+  // 1. Models: fill in the default, or say that the link's model is unknown.
+  let models;
+  try {
+    models = await once.models();
+  } catch (err) {
+    views.models.update({ error: `Could not list models: ${describeError(err)}` });
+    return;
+  }
+  if (stale()) return;
+  let modelNote = null;
+  if (!models.some((m) => m.name === state.model)) {
+    const fallback = models.find((m) => m.default && m.available) ?? models.find((m) => m.available);
+    if (state.model) modelNote = `This server has no model “${state.model}”; showing ${fallback?.name ?? 'nothing'} instead.`;
+    state = patch(state, { model: fallback?.name ?? null });
+    writeUrl(false);
+  }
+  const modelInfo = models.find((m) => m.name === state.model) ?? null;
+  views.models.update({ models, selected: state.model, error: modelNote });
+
+  // 2. Layers of that model; default to its first conv layer.
+  let layers = [];
+  views.layers.update({ layers: views.layers.layers, selected: state.layer, busy: true });
+  try {
+    layers = state.model ? await once.layers(state.model) : [];
+    views.layers.message(null);
+  } catch (err) {
+    views.layers.message('error', describeError(err));
+  }
+  if (stale()) return;
+  if (!state.layer && layers.length) {
+    state = patch(state, { layer: (layers.find((l) => l.has_filters) ?? layers[0]).name });
+    writeUrl(false);
+  }
+  const layerInfo = layers.find((l) => l.name === state.layer) ?? null;
+  if (state.layer && layers.length && !layerInfo) {
+    views.layers.message('error', `${state.model} has no layer “${state.layer}”. Pick one from the list.`);
+  }
+  views.layers.update({ layers, selected: state.layer, busy: false });
+
+  // 3. Images: samples and uploads.
+  let images = null;
+  let imageError = null;
+  try {
+    images = await once.images();
+  } catch (err) {
+    imageError = err;
+  }
+  if (stale()) return;
+  const byId = new Map((images ?? []).map((i) => [i.id, i]));
+  const image = byId.get(state.image) ?? null;
+  const other = byId.get(state.compare) ?? null;
+  views.images.update({ images, selected: image?.id ?? null, compare: other?.id ?? null, error: imageError });
+  if (images && state.image && !image) {
+    views.images.panel.message('error', 'The image in this link is no longer on the server. Pick a sample or upload a photo.');
+  }
+
+  // 4. Everything that depends on the choices above.
+  const model = state.model;
+  const opts = { order: state.order, limit: state.limit, normalize: state.normalize, colormap: state.colormap, opacity: state.opacity };
+  const pair = [image, other].filter(Boolean);
+  const id = image?.id ?? null;
+  document.body.classList.toggle('compare-on', pair.length === 2);
+  document.title = ['convscope', model, state.layer].filter(Boolean).join(' · ');
+  views.controls.update(state);
+  views.input.update({ model, image: id, modelInfo });
+  views.predictions.update({ model, image: id, modelInfo });
+  if (pair.length === 2) {
+    views.compare.update({ model, modelInfo, layer: state.layer, layerInfo, images: pair, opts, channel: state.channel });
+  } else {
+    views.compare.update({ images: [] });
+    views.activations.update({ model, image: id, layer: state.layer, layerInfo, opts, channel: state.channel });
+  }
+  views.channel.update({ model, images: pair, layer: state.layer, layerInfo, channel: state.channel, opts });
+  views.filters.update({ model, layer: state.layer, layerInfo, fnorm: state.fnorm });
+}
+
+render();
