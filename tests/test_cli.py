@@ -61,3 +61,35 @@ def test_console_script_is_installed() -> None:
     result = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True)
     for command in ("serve", "models", "layers", "filters", "activations"):
         assert command in result.stdout
+
+
+def test_optimize_and_cam(tmp_path: Path) -> None:
+    out = tmp_path / "fv.png"
+    assert (
+        main(
+            [
+                "optimize",
+                "efficientnet_lite0",
+                "blocks.2",
+                "3",
+                "7",
+                "--steps",
+                "4",
+                "--size",
+                "40",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    with Image.open(out) as image:
+        assert image.size == (2 * 40 + 6, 40 + 4)
+    cam = tmp_path / "cam.npy"
+    assert main(["cam", "efficientnet_lite0", "cat", "-o", str(cam)]) == 0
+    assert np.load(cam).shape == (224, 224)
+    sal = tmp_path / "sal.png"
+    assert (
+        main(["cam", "efficientnet_lite0", "coffee", "--saliency", "guided", "-o", str(sal)]) == 0
+    )
+    assert main(["optimize", "efficientnet_lite0", "blocks.2", "9999", "-o", str(out)]) == 2

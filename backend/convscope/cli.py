@@ -6,14 +6,18 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from convscope.config import Settings
 from convscope.errors import ConvscopeError
 
+if TYPE_CHECKING:
+    from convscope.services.visualize import Convscope
+
 log = logging.getLogger("convscope")
 
 
-def _service(settings: Settings):
+def _service(settings: Settings) -> Convscope:
     from convscope.services.visualize import Convscope
 
     return Convscope(settings)
@@ -23,12 +27,15 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from convscope.api.app import create_app
+    from convscope.api.logs import uvicorn_log_config
 
     uvicorn.run(
         create_app(settings),
         host=args.host,
         port=args.port,
         log_level=settings.log_level,
+        log_config=uvicorn_log_config(settings.log_level, settings.log_format),
+        access_log=False,  # convscope.access logs each request, with route and request id
         timeout_graceful_shutdown=30,
     )
     return 0
@@ -57,9 +64,9 @@ def _write(path: Path, content: bytes) -> int:
     return 0
 
 
-def _format(path: Path) -> str:
-    suffix = path.suffix.lstrip(".").lower()
-    return suffix if suffix in ("png", "json", "npy") else "png"
+def _format(path: Path) -> Literal["png", "json", "npy"]:
+    suffix = path.suffix.lower()
+    return "json" if suffix == ".json" else "npy" if suffix == ".npy" else "png"
 
 
 def cmd_filters(args: argparse.Namespace, settings: Settings) -> int:
@@ -91,6 +98,65 @@ def cmd_activations(args: argparse.Namespace, settings: Settings) -> int:
     else:
         data = Path(args.image).read_bytes()
         rendered = service.activations_once(args.model, data, args.layer, fmt, view)
+    return _write(args.output, rendered.content)
+
+
+def _image_id(service: Convscope, image: str) -> str:
+    """A sample's id by name, or the id of a file put into the store."""
+    samples = {r["name"]: r["id"] for r in service.list_images() if r["kind"] == "sample"}
+    if image in samples:
+        return str(samples[image])
+    record, _ = service.put_image(Path(image).read_bytes(), Path(image).name)
+    return str(record.id)
+
+
+def cmd_optimize(args: argparse.Namespace, settings: Settings) -> int:
+    from convscope.services.explain import OptimizeRequest
+    from convscope.services.optimize import OptimizeSettings
+
+    request = OptimizeRequest(
+        layer=args.layer,
+        channels=tuple(args.channel),
+        kind=args.kind,
+        negative=args.negative,
+        settings=OptimizeSettings(
+            steps=args.steps, size=args.size, lr=args.lr, seed=args.seed, param=args.param
+        ),
+    )
+
+    def progress(step: int, total: int) -> None:
+        if step == total or step % max(1, total // 10) == 0:
+            sys.stderr.write(f"step {step}/{total}\n")
+
+    png = _service(settings).explain.optimize_now(args.model, request, progress)
+    return _write(args.output, png)
+
+
+def cmd_cam(args: argparse.Namespace, settings: Settings) -> int:
+    service = _service(settings)
+    image_id = _image_id(service, args.image)
+    fmt = _format(args.output)
+    if args.saliency:
+        rendered = service.explain.saliency(
+            args.model,
+            image_id,
+            method=args.saliency,
+            class_index=args.class_index,
+            fmt="npy" if fmt == "npy" else "png",
+            samples=16,
+            noise=0.15,
+            seed=0,
+        )
+    else:
+        rendered = service.explain.cam(
+            args.model,
+            image_id,
+            layer=args.layer,
+            class_index=args.class_index,
+            method=args.method,
+            fmt=fmt,
+            alpha=args.alpha,
+        )
     return _write(args.output, rendered.content)
 
 
@@ -131,15 +197,45 @@ def build_parser() -> argparse.ArgumentParser:
     acts.add_argument("--normalize", choices=("channel", "layer"), default="channel")
     acts.add_argument("--scale", type=int, default=None)
     acts.set_defaults(run=cmd_activations)
+
+    opt = sub.add_parser("optimize", help="feature visualisation: the image a channel wants")
+    opt.add_argument("model")
+    opt.add_argument("layer")
+    opt.add_argument("channel", type=int, nargs="+", help="one image per channel, one batch")
+    opt.add_argument("-o", "--output", type=Path, required=True, help=".png")
+    opt.add_argument("--kind", choices=("channel", "neuron", "layer"), default="channel")
+    opt.add_argument("--negative", action="store_true", help="minimise instead")
+    opt.add_argument("--steps", type=int, default=256)
+    opt.add_argument("--size", type=int, default=224)
+    opt.add_argument("--lr", type=float, default=0.05)
+    opt.add_argument("--seed", type=int, default=0)
+    opt.add_argument("--param", choices=("fourier", "pixel"), default="fourier")
+    opt.set_defaults(run=cmd_optimize)
+
+    cam = sub.add_parser("cam", help="Grad-CAM (or --saliency) for an image")
+    cam.add_argument("model")
+    cam.add_argument("image", help="a file path, or a sample name: cat, coffee, rocket, astronaut")
+    cam.add_argument("-o", "--output", type=Path, required=True, help=".png, .json or .npy")
+    cam.add_argument("--layer", default=None, help="default: the model's last spatial layer")
+    cam.add_argument("--class-index", type=int, default=None, help="default: top-1")
+    cam.add_argument("--method", choices=("gradcam", "gradcampp", "scorecam"), default="gradcam")
+    cam.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in the PNG")
+    cam.add_argument(
+        "--saliency",
+        choices=("vanilla", "smoothgrad", "guided"),
+        default=None,
+        help="draw a saliency map instead of a CAM",
+    )
+    cam.set_defaults(run=cmd_cam)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from convscope.api.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
     try:
         return int(args.run(args, settings))
     except ConvscopeError as exc:

@@ -10,6 +10,8 @@ as the rest of the service. Like ``Convscope`` it is a plain class with no modul
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -20,13 +22,15 @@ from convscope.services.attribution import CAM_METHODS, SALIENCY_METHODS, cam, s
 from convscope.services.gate import ComputeGate
 from convscope.services.images import ImageStore
 from convscope.services.jobs import JobContext, JobManager, JobStatus, cache_key
-from convscope.services.objectives import Objective, parse_objective
+from convscope.services.objectives import Objective, check_objective, parse_objective
 from convscope.services.optimize import (
     DreamSettings,
     Limits,
     OptimizeSettings,
     deepdream,
+    layer_shapes,
     optimize_images,
+    validate_settings,
 )
 from convscope.services.output import JSON, NPY, PNG, Rendered
 from convscope.services.registry import LoadedModel, ModelRegistry
@@ -90,31 +94,49 @@ class Explainer:
 
     def optimize(self, model_name: str, request: OptimizeRequest) -> JobStatus:
         """Queue (or find) the job that renders ``request``'s objectives; checks it first."""
+        key, label, total, work = self._plan(model_name, request)
+        existing = self.jobs.find(key)
+        if existing is not None and existing.state not in ("failed", "cancelled"):
+            return existing
+        return self.jobs.submit(key, work, total=total, label=label)
+
+    def optimize_now(
+        self,
+        model_name: str,
+        request: OptimizeRequest,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> bytes:
+        """Render ``request`` in this thread (the CLI): PNG bytes, images side by side."""
+        _, _, _, work = self._plan(model_name, request)
+
+        def report(step: int, total: int, _preview: object) -> None:
+            if progress is not None:
+                progress(step, total)
+
+        return work(JobContext("now", threading.Event(), report))
+
+    def _plan(
+        self, model_name: str, request: OptimizeRequest
+    ) -> tuple[str, str, int, Callable[[JobContext], bytes]]:
+        """Check a request (bad ones raise now, as 4xx, not as failed jobs) and build its work."""
         model = self.registry.get(model_name)
         objectives = request.parsed()
         pre = model.spec.preprocessing
+        settings = request.settings
         key = cache_key(
             kind="optimize",
             model=model.name,
             weights=model.spec.weights,
             objectives=[o.describe() for o in objectives],
-            settings=asdict(request.settings),
+            settings=asdict(settings),
         )
-        existing = self.jobs.find(key)
-        if existing is not None and existing.state not in ("failed", "cancelled"):
-            return existing
-        # Validate now, so a bad request is a 422 and not a failed job.
-        from convscope.services.objectives import check_objective
-        from convscope.services.optimize import layer_shapes, validate_settings
-
-        validate_settings(request.settings, self.limits, len(objectives))
+        validate_settings(settings, self.limits, len(objectives))
         layers = list(dict.fromkeys(name for o in objectives for name in o.layers))
         for layer in layers:
             model.layer(layer)
         shapes = layer_shapes(model.module, layers, 64, pre.mean, pre.std, model.name)
         for objective in objectives:
             check_objective(objective, shapes)
-        settings = request.settings
 
         def work(ctx: JobContext) -> bytes:
             images = optimize_images(
@@ -130,8 +152,8 @@ class Explainer:
             )
             return overlay.images_png(images)
 
-        label = ", ".join(o.describe() for o in objectives)
-        return self.jobs.submit(key, work, total=settings.steps, label=f"{model.name}: {label}")
+        label = f"{model.name}: " + ", ".join(o.describe() for o in objectives)
+        return key, label, settings.steps, work
 
     def deepdream(
         self, model_name: str, image_id: str, layer: str, settings: DreamSettings
