@@ -84,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     with running_server(server_env) as server:
         cold_starts.append(server.start_seconds)
         idle = server.memory()
-        log.info("server ready in %.2fs, idle RSS %d MiB", server.start_seconds, idle["VmRSS"] // MIB)
+        log.info(
+            "server ready in %.2fs, idle RSS %d MiB", server.start_seconds, idle["VmRSS"] // MIB
+        )
         with httpx.Client(base_url=server.url, timeout=60.0) as client:
             log.info("forward pass, cold and warm grids against the floor")
             scenarios.forward_times(ref, images, n_small, lat)
@@ -98,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
                 scenarios.upload(client, images.make(5000 + k), f"pool-{k}.jpg")
                 for k in range(pool_images)
             ]
-            plan = scenarios.mixed_requests(pool, total)
-            loaded = scenarios.load(server.url, plan, clients=8, deadline_s=240.0)
+            sessions = scenarios.mixed_requests(pool, total)
+            loaded = scenarios.load(server.url, sessions, clients=8, deadline_s=240.0)
             after = server.memory()
             caches = scenarios.scrape(client, r"convscope_cache_(bytes|hits|misses)")
     for _ in range(starts - 1):
@@ -216,7 +218,9 @@ def table_rows(
     ]
     for layer in scenarios.FILTER_LAYERS:
         rows += [
-            Row(f"filters {layer} PNG", ms(f"filters {layer}"), "ms", samples=n(f"filters {layer}")),
+            Row(
+                f"filters {layer} PNG", ms(f"filters {layer}"), "ms", samples=n(f"filters {layer}")
+            ),
             Row(
                 f"filters {layer} PNG, repeat",
                 ms(f"filters {layer} repeat"),
@@ -251,14 +255,22 @@ def table_rows(
             note=f"statuses {dict(sorted(loaded.statuses.items()))}"
             + (f"; first error {loaded.errors[0]}" if loaded.errors else ""),
         ),
-        Row("  /healthz p99 under load", percentile(loaded.health, 99) * 1000, "ms",
-            samples=len(loaded.health)),
+        Row(
+            "  /healthz p99 under load",
+            percentile(loaded.health, 99) * 1000,
+            "ms",
+            samples=len(loaded.health),
+        ),
     ]
     for kind in ("cold", "warm"):
         values = loaded.latencies.get(kind, [])
         rows.append(
-            Row(f"  {kind} activation p50 under load", percentile(values, 50) * 1000, "ms",
-                samples=len(values))
+            Row(
+                f"  {kind} activation p50 under load",
+                percentile(values, 50) * 1000,
+                "ms",
+                samples=len(values),
+            )
         )
     settings = Settings()
     cap_bytes = caches.get('convscope_cache_bytes{cache="activations"}', float("nan"))

@@ -16,14 +16,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from torch import nn  # noqa: E402
-from torchvision.utils import make_grid  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torchvision.utils import make_grid
 
-from convscope.services.sources import embedded_spec  # noqa: E402
+from convscope.services.sources import embedded_spec
 
 PngEncoder = Callable[[np.ndarray], bytes]
 _VIRIDIS = np.rint(matplotlib.colormaps["viridis"](np.linspace(0, 1, 256))[:, :3] * 255).astype(

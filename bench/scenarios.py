@@ -65,6 +65,12 @@ def upload(client: httpx.Client, data: bytes, name: str) -> str:
     return str(response.json()["id"])
 
 
+def timed_get(client: httpx.Client, path: str) -> float:
+    start = time.perf_counter()
+    get_ok(client, path)
+    return time.perf_counter() - start
+
+
 def get_ok(client: httpx.Client, path: str) -> httpx.Response:
     response = client.get(path)
     if response.status_code != 200:
@@ -122,8 +128,8 @@ def activation_latencies(
         out.add(f"upload {layer}", uploaded - start)
         out.add(f"cold GET {layer}", done - uploaded)
         out.add(f"upload+GET {layer}", done - start)
-        out.add(f"warm switch {other}", timed(lambda: get_ok(client, activation_path(image_id, other))))
-        out.add(f"cached GET {layer}", timed(lambda: get_ok(client, activation_path(image_id, layer))))
+        out.add(f"warm switch {other}", timed_get(client, activation_path(image_id, other)))
+        out.add(f"cached GET {layer}", timed_get(client, activation_path(image_id, layer)))
         if not i % 2:
             floor()
         if i < len(MID_LAYERS):  # same picture? compare the served PNG with the floor's
@@ -164,9 +170,9 @@ def filter_latencies(client: httpx.Client, n: int, out: Latencies) -> None:
     for layer in FILTER_LAYERS:
         base = f"{API}/layers/{layer}/filters?format=png"
         for padding in range(n):
-            out.add(f"filters {layer}", timed(lambda p=padding: get_ok(client, f"{base}&padding={p}")))
+            out.add(f"filters {layer}", timed_get(client, f"{base}&padding={padding}"))
         for _ in range(n):
-            out.add(f"filters {layer} repeat", timed(lambda: get_ok(client, f"{base}&padding=0")))
+            out.add(f"filters {layer} repeat", timed_get(client, f"{base}&padding=0"))
 
 
 @dataclass
@@ -179,47 +185,48 @@ class LoadResult:
     requests: int
 
 
-def mixed_requests(image_ids: list[str], total: int, seed: int = 0) -> list[tuple[str, str]]:
-    """``total`` (kind, path) pairs: one cold activation per image, the rest mixed."""
+def mixed_requests(image_ids: list[str], total: int, seed: int = 0) -> list[list[tuple[str, str]]]:
+    """``total`` (kind, path) requests as one session per image, to be run by a pool of clients.
+
+    A session is what a user does with a fresh upload: the first activation grid (cold: one
+    forward pass), then other layers and colormaps (warm), predictions and channel statistics,
+    with filter grids in between. Requests within a session run in order.
+    """
     rng = random.Random(seed)
-    plan = [("cold", activation_path(i, rng.choice(MIX_LAYERS))) for i in image_ids]
-    kinds = ["warm"] * 50 + ["filters"] * 15 + ["predictions"] * 15 + ["channels"] * 20
-    while len(plan) < total:
-        kind = rng.choice(kinds)
-        image_id = rng.choice(image_ids)
-        layer = rng.choice(MIX_LAYERS)
-        if kind == "warm":
-            cmap = rng.choice(("viridis", "magma", "gray"))
-            path = activation_path(image_id, layer, colormap=cmap)
-        elif kind == "filters":
-            path = f"{API}/layers/{rng.choice(FILTER_LAYERS)}/filters?format=png"
-        elif kind == "predictions":
-            path = f"{API}/images/{image_id}/predictions?top=5"
-        else:
-            path = f"{API}/images/{image_id}/channels/{layer}?top=10"
-        plan.append((kind, path))
-    first, rest = plan[: len(image_ids)], plan[len(image_ids) :]
-    rng.shuffle(rest)
-    # Cold requests spread through the run, each image's first request before its others.
-    step = max(1, len(rest) // max(1, len(first)))
-    merged: list[tuple[str, str]] = []
-    for k, item in enumerate(first):
-        merged.append(item)
-        merged.extend(rest[k * step : (k + 1) * step])
-    merged.extend(rest[len(first) * step :])
-    return merged[:total]
+    per_session = total // len(image_ids)
+    sessions = []
+    for k, image_id in enumerate(image_ids):
+        count = per_session + (1 if k < total - per_session * len(image_ids) else 0)
+        session = [("cold", activation_path(image_id, rng.choice(MIX_LAYERS)))]
+        while len(session) < count:
+            kind = rng.choice(
+                ["warm"] * 50 + ["filters"] * 15 + ["predictions"] * 15 + ["channels"] * 20
+            )
+            layer = rng.choice(MIX_LAYERS)
+            if kind == "warm":
+                cmap = rng.choice(("viridis", "magma", "gray"))
+                path = activation_path(image_id, layer, colormap=cmap)
+            elif kind == "filters":
+                path = f"{API}/layers/{rng.choice(FILTER_LAYERS)}/filters?format=png"
+            elif kind == "predictions":
+                path = f"{API}/images/{image_id}/predictions?top=5"
+            else:
+                path = f"{API}/images/{image_id}/channels/{layer}?top=10"
+            session.append((kind, path))
+        sessions.append(session)
+    return sessions
 
 
 def load(
-    url: str, plan: list[tuple[str, str]], clients: int, deadline_s: float
+    url: str, sessions: list[list[tuple[str, str]]], clients: int, deadline_s: float
 ) -> LoadResult:
-    """``clients`` threads work through ``plan``; a side thread polls /healthz meanwhile."""
+    """``clients`` threads take sessions in turn; a side thread polls /healthz meanwhile."""
     latencies: dict[str, list[float]] = {}
     statuses: dict[int, int] = {}
     errors: list[str] = []
     health: list[float] = []
     lock = threading.Lock()
-    position = iter(range(len(plan)))
+    position = iter(range(len(sessions)))
     stop = threading.Event()
     deadline = time.perf_counter() + deadline_s
 
@@ -230,19 +237,21 @@ def load(
                     k = next(position, None)
                 if k is None:
                     return
-                kind, path = plan[k]
-                start = time.perf_counter()
-                try:
-                    status = client.get(path).status_code
-                except httpx.HTTPError as exc:
-                    status = 0
+                for kind, path in sessions[k]:
+                    if time.perf_counter() > deadline:
+                        return
+                    start = time.perf_counter()
+                    try:
+                        status = client.get(path).status_code
+                    except httpx.HTTPError as exc:
+                        status = 0
+                        with lock:
+                            errors.append(f"{path}: {exc!r}")
+                    seconds = time.perf_counter() - start
                     with lock:
-                        errors.append(f"{path}: {exc!r}")
-                seconds = time.perf_counter() - start
-                with lock:
-                    latencies.setdefault(kind, []).append(seconds)
-                    latencies.setdefault("all", []).append(seconds)
-                    statuses[status] = statuses.get(status, 0) + 1
+                        latencies.setdefault(kind, []).append(seconds)
+                        latencies.setdefault("all", []).append(seconds)
+                        statuses[status] = statuses.get(status, 0) + 1
 
     def poll_health() -> None:
         with httpx.Client(base_url=url, timeout=10.0) as client:

@@ -75,9 +75,7 @@ def running_server(env: dict[str, str] | None = None, timeout: float = 120.0) ->
                 _stop(process)
 
 
-def _wait_ready(
-    process: subprocess.Popen[bytes], url: str, log: Path, deadline: float
-) -> float:
+def _wait_ready(process: subprocess.Popen[bytes], url: str, log: Path, deadline: float) -> float:
     with httpx.Client(timeout=2.0) as client:
         while time.perf_counter() < deadline:
             if process.poll() is not None:

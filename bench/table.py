@@ -86,4 +86,4 @@ def render(rows: Sequence[Row]) -> str:
     out = [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out += [line(cells) for cells in lines]
     notes = [f"- {r.name}: {r.note}" for r in rows if r.note]
-    return "\n".join(out + ([""] + notes if notes else []))
+    return "\n".join(out + (["", *notes] if notes else []))

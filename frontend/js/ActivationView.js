@@ -62,6 +62,7 @@ export class ActivationView {
       colormap: opts.colormap,
       limit: opts.limit || null,
       scale: tileScale(out?.[1] ?? 8, this.compact ? 24 : 40),
+      background: api.GRID_BACKGROUND,
     };
     const key = JSON.stringify([model, image, layer, params]);
     if (key !== this.key) {

@@ -1,10 +1,15 @@
-// ChannelView.js — the opened channel: step through channels, set overlay opacity, download.
-// Shows one ChannelMap per image (two in compare mode).
+// ChannelView.js — the channel page: everything about one channel of one layer.
+// Its feature map on the current image (one ChannelMap per image, two in compare mode), its
+// filter weights, its optimised image (a server job with live progress) and Grad-CAM for the
+// image's top classes. Step through channels, set overlay opacity, download.
 // Emits cs:channel {channel|null} and cs:option {key: 'opacity', value, replace: true}.
 
 import * as api from './api.js';
 import { download, emit, h, safeName } from './dom.js';
+import { CamStrip } from './CamStrip.js';
+import { ChannelFilter } from './ChannelFilter.js';
 import { ChannelMap } from './ChannelMap.js';
+import { FeatureVis } from './FeatureVis.js';
 import { Panel } from './Panel.js';
 
 export class ChannelView {
@@ -37,16 +42,29 @@ export class ChannelView {
       h('button', { type: 'button', class: 'btn btn-small btn-ghost', text: 'Close', onclick: () => emit(root, 'cs:channel', { channel: null }) }),
     );
     this.columns = h('div', { class: 'columns' });
-    this.panel.body.append(this.columns, this.links);
+    this.noImage = h('p', { class: 'msg msg-empty', text: 'Pick a sample or upload a photo to see this channel’s feature map.' });
+    const maps = h('section', { class: 'cp-maps', 'aria-label': 'Feature map' }, this.noImage, this.columns, this.links);
+    const sub = (cls, label) => h('section', { class: `subpanel ${cls}`, 'aria-label': label });
+    const fvRoot = sub('cp-fv', 'Optimised image');
+    const filterRoot = sub('cp-filter', 'Filter weights');
+    const camRoot = sub('cp-cam', 'Grad-CAM');
+    fvRoot.id = 'channel-fv';
+    filterRoot.id = 'channel-filter';
+    camRoot.id = 'channel-cam';
+    this.fv = new FeatureVis(fvRoot);
+    this.filter = new ChannelFilter(filterRoot);
+    this.cams = new CamStrip(camRoot, { top: 3 });
+    this.page = h('div', { class: 'channel-page' }, maps, fvRoot, filterRoot, camRoot);
+    this.panel.body.append(this.page);
   }
 
   go(channel) {
     if (Number.isInteger(channel) && channel >= 0 && channel < this.count) emit(this.root, 'cs:channel', { channel });
   }
 
-  update({ model, images, layer, layerInfo, channel, opts }) {
+  update({ model, modelInfo, images, layer, layerInfo, channel, opts, fv, fvsteps, fvsize, fnorm }) {
     const out = layerInfo?.output_shape;
-    const open = channel !== null && images.length > 0 && layer && Array.isArray(out) && out.length === 3;
+    const open = channel !== null && layer && Array.isArray(out) && out.length === 3 && channel < out[0];
     this.root.hidden = !open;
     if (!open) return;
     this.channel = channel;
@@ -55,13 +73,25 @@ export class ChannelView {
     this.number.max = String(this.count - 1);
     this.number.value = String(channel);
     this.opacity.value = String(Math.round(opts.opacity * 100));
+    this.page.classList.toggle('two-images', images.length === 2);
+    this.fv.update({ model, layer, layerInfo, channel, fv, fvsteps, fvsize });
+    this.filter.update({ model, layer, layerInfo, channel, fnorm });
+    this.cams.update({ model, image: images[0]?.id ?? null, imageName: images.length === 2 ? images[0].name : null, modelInfo });
+    this.noImage.hidden = images.length > 0;
+    this.links.hidden = images.length === 0;
+    if (!images.length) {
+      this.maps.forEach((m) => m.panel.cancel());
+      this.maps = [];
+      this.columns.replaceChildren();
+      return;
+    }
 
     if (this.maps.length !== images.length) {
       this.maps = images.map(() => new ChannelMap(h('section', { class: 'subpanel' }), { title: '' }));
       this.columns.replaceChildren(...this.maps.map((m) => m.panel.root));
     }
     images.forEach(({ id, name }, i) => {
-      this.maps[i].panel.setTitle(name);
+      this.maps[i].panel.setTitle(`Feature map on ${name}`);
       this.maps[i].update({ model, image: id, layer, channel, colormap: opts.colormap, normalize: opts.normalize, opacity: opts.opacity, height: out[1] });
     });
     const first = images[0].id;

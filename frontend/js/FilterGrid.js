@@ -48,7 +48,7 @@ export class FilterGrid {
     // A 1×1 kernel normalised on its own is always one flat colour: compare across the layer.
     const pointwise = (layerInfo.kernel_size ?? [k]).every((n) => n === 1);
     const normalize = pointwise ? 'layer' : fnorm;
-    const params = { normalize, scale: Math.max(1, Math.min(16, Math.floor(28 / k))) };
+    const params = { normalize, scale: Math.max(1, Math.min(16, Math.floor(28 / k))), background: api.GRID_BACKGROUND };
     const key = JSON.stringify([model, layer, params]);
     if (key === this.key) return;
     this.key = key;

@@ -32,10 +32,10 @@ function detailOf(body) {
   return null;
 }
 
-async function request(path, { signal, method = 'GET', body } = {}) {
+async function request(path, { signal, method = 'GET', body, headers } = {}) {
   let response;
   try {
-    response = await fetch(path, { method, body, signal });
+    response = await fetch(path, { method, body, signal, headers });
   } catch (err) {
     if (signal?.aborted) throw err;
     throw new ApiError(0, 'Cannot reach the convscope server. Check that it is running, then reload.', 'network');
@@ -74,8 +74,15 @@ async function blob(path, options) {
 const modelPath = (model) => `/api/models/${enc(model)}`;
 const imagePath = (model, image) => `${modelPath(model)}/images/${enc(image)}`;
 
+/** Grey level (0..255) of grid padding and empty cells: the panels' dark background. */
+export const GRID_BACKGROUND = 24;
+
 export const urls = {
   image: (id) => `/api/images/${enc(id)}`,
+  cam: (model, image, params) => `${imagePath(model, image)}/cam${query(params)}`,
+  saliency: (model, image, params) => `${imagePath(model, image)}/saliency${query(params)}`,
+  jobPreview: (id, version) => `/api/jobs/${enc(id)}/preview.png${query({ v: version })}`,
+  jobResult: (id) => `/api/jobs/${enc(id)}/result.png`,
   input: (model, image, format = 'png') => `${imagePath(model, image)}/input${query({ format })}`,
   filters: (model, layer, params) => `${modelPath(model)}/layers/${enc(layer)}/filters${query(params)}`,
   activations: (model, image, layer, params) =>
@@ -159,4 +166,102 @@ export async function channelValues(model, image, layer, channel, signal) {
   if (!entry) throw new ApiError(200, `The server sent no values for channel ${channel}.`, 'empty');
   const [, height, width] = body.shape ?? [];
   return { ...entry, width, height, values: decodeFloat32(entry.data) };
+}
+
+// ---- Attribution ----------------------------------------------------------------------------
+
+/** Grad-CAM (or Grad-CAM++ / Score-CAM) PNG; the server names the class and layer it used. */
+export async function camImage(model, image, params, signal) {
+  const { url, headers } = await blob(urls.cam(model, image, { ...params, format: 'png' }), { signal });
+  return { url, classIndex: numberHeader(headers, 'X-Convscope-Class'), layer: headers.get('X-Convscope-Layer') };
+}
+
+/** Saliency map PNG (vanilla gradient, SmoothGrad or guided backprop). */
+export async function saliencyImage(model, image, params, signal) {
+  const { url, headers } = await blob(urls.saliency(model, image, { ...params, format: 'png' }), { signal });
+  return { url, classIndex: numberHeader(headers, 'X-Convscope-Class') };
+}
+
+function numberHeader(headers, name) {
+  const text = headers.get(name);
+  return text === null || text === '' ? null : Number(text);
+}
+
+// ---- Jobs (feature visualisation) -----------------------------------------------------------
+
+/** Start (or find, when the server already has it) an optimisation job: the job JSON. */
+export const startOptimize = (model, body, signal) =>
+  json(`${modelPath(model)}/optimize`, {
+    method: 'POST',
+    body: JSON.stringify(body),
+    headers: { 'Content-Type': 'application/json' },
+    signal,
+  });
+
+export const getJob = (id, signal) => json(`/api/jobs/${enc(id)}`, { signal });
+
+export const cancelJob = (id, signal) => json(`/api/jobs/${enc(id)}`, { method: 'DELETE', signal });
+
+export const FINISHED = Object.freeze(['done', 'failed', 'cancelled']);
+
+/**
+ * Follow a job's server-sent events: onProgress(job) on every change, then onEnd(job) once.
+ * The stream is closed at the end (an EventSource would otherwise reconnect forever); if the
+ * connection drops before, the job is asked for once and followed again while it runs.
+ * Returns a function that stops following.
+ */
+export function followJob(id, { onProgress, onEnd, onError }) {
+  let source = null;
+  let stopped = false;
+  let retries = 0;
+  const stop = () => {
+    stopped = true;
+    source?.close();
+    source = null;
+  };
+  const open = () => {
+    if (stopped) return;
+    source = new EventSource(`/api/jobs/${enc(id)}/events`);
+    const read = (event) => {
+      try {
+        return JSON.parse(event.data);
+      } catch {
+        return null;
+      }
+    };
+    source.addEventListener('progress', (event) => {
+      retries = 0;
+      const job = read(event);
+      if (job && !stopped) onProgress(job);
+    });
+    source.addEventListener('end', (event) => {
+      const job = read(event);
+      stop();
+      if (job) onEnd(job);
+    });
+    source.onerror = async () => {
+      source?.close();
+      source = null;
+      if (stopped) return;
+      try {
+        const job = await getJob(id);
+        if (stopped) return;
+        if (FINISHED.includes(job.state)) {
+          stop();
+          onEnd(job);
+        } else if (retries++ < 5) {
+          onProgress(job);
+          setTimeout(open, 500 * retries);
+        } else {
+          stop();
+          onError(new ApiError(0, 'Lost the connection to the server while following the job.', 'network'));
+        }
+      } catch (err) {
+        stop();
+        onError(err);
+      }
+    };
+  };
+  open();
+  return stop;
 }

@@ -3,6 +3,7 @@
 
 import * as api from './api.js';
 import { ActivationView } from './ActivationView.js';
+import { Attribution } from './Attribution.js';
 import { ChannelView } from './ChannelView.js';
 import { ComparePane } from './ComparePane.js';
 import { Controls } from './Controls.js';
@@ -28,6 +29,7 @@ const views = {
   compare: new ComparePane($('compare')),
   channel: new ChannelView($('channel')),
   filters: new FilterGrid($('filters')),
+  attribution: new Attribution($('attribution')),
 };
 
 let state = parse(location.search);
@@ -61,7 +63,7 @@ function writeUrl(push) {
 function commit(changes, { replace = false } = {}) {
   state = patch(state, changes);
   writeUrl(!replace);
-  render();
+  render({ user: true });
 }
 
 const on = (type, handler) => document.addEventListener(type, (e) => handler(e.detail));
@@ -82,7 +84,8 @@ window.addEventListener('popstate', () => {
 
 let generation = 0;
 
-async function render() {
+// `user`: in answer to a user action (not a first load or the back button).
+async function render({ user = false } = {}) {
   const gen = ++generation;
   const stale = () => gen !== generation;
 
@@ -148,6 +151,7 @@ async function render() {
   const pair = [image, other].filter(Boolean);
   const id = image?.id ?? null;
   document.body.classList.toggle('compare-on', pair.length === 2);
+  const wasOpen = !views.channel.root.hidden;
   document.title = ['convscope', model, state.layer].filter(Boolean).join(' · ');
   views.controls.update(state);
   views.input.update({ model, image: id, modelInfo });
@@ -158,7 +162,33 @@ async function render() {
     views.compare.update({ images: [] });
     views.activations.update({ model, image: id, layer: state.layer, layerInfo, opts, channel: state.channel });
   }
-  views.channel.update({ model, images: pair, layer: state.layer, layerInfo, channel: state.channel, opts });
+  views.channel.update({
+    model,
+    modelInfo,
+    images: pair,
+    layer: state.layer,
+    layerInfo,
+    channel: state.channel,
+    opts,
+    fv: state.fv,
+    fvsteps: state.fvsteps,
+    fvsize: state.fvsize,
+    fnorm: state.fnorm,
+  });
+  const channelOpen = !views.channel.root.hidden;
+  document.body.classList.toggle('channel-on', channelOpen);
+  // Opening the channel page (not stepping through channels) brings it into view.
+  if (channelOpen && !wasOpen && user) views.channel.root.scrollIntoView({ block: 'start' });
+  views.attribution.update({
+    model,
+    image: pair.length === 2 ? null : id,
+    imageName: image?.name ?? null,
+    modelInfo,
+    cam: state.cam,
+    sal: state.sal,
+    cls: state.cls,
+    alpha: state.alpha,
+  });
   views.filters.update({ model, layer: state.layer, layerInfo, fnorm: state.fnorm });
 }
 

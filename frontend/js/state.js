@@ -9,6 +9,15 @@ export const OPTIONS = Object.freeze({
   normalize: ['channel', 'layer'],
   fnorm: ['filter', 'layer'],
   limit: [16, 32, 64, 128, 256, 0], // 0 = every channel
+  fv: ['quick', 'better'],
+  cam: ['gradcam', 'gradcampp', 'scorecam'],
+  sal: ['vanilla', 'smoothgrad', 'guided'],
+});
+
+/** Feature-visualisation presets; `fvsteps`/`fvsize` in the URL override them (tests, experts). */
+export const FV_PRESETS = Object.freeze({
+  quick: Object.freeze({ steps: 64, size: 128 }),
+  better: Object.freeze({ steps: 256, size: 192 }),
 });
 
 export const DEFAULTS = Object.freeze({
@@ -23,6 +32,13 @@ export const DEFAULTS = Object.freeze({
   fnorm: 'filter',
   limit: 64,
   opacity: 0.6,
+  fv: 'quick',
+  fvsteps: null,
+  fvsize: null,
+  cam: 'gradcam',
+  sal: 'vanilla',
+  cls: null,
+  alpha: 0.5,
 });
 
 const KEYS = Object.keys(DEFAULTS);
@@ -31,9 +47,14 @@ function parseInteger(text) {
   return /^\d{1,6}$/.test(text) ? Number(text) : null;
 }
 
-function parseOpacity(text) {
+function parseFraction(text, fallback) {
   const value = Number(text);
-  return Number.isFinite(value) ? Math.min(1, Math.max(0, value)) : DEFAULTS.opacity;
+  return text !== '' && Number.isFinite(value) ? Math.min(1, Math.max(0, value)) : fallback;
+}
+
+function parseBounded(text, min, max) {
+  const value = parseInteger(text ?? '');
+  return value !== null && value >= min && value <= max ? value : null;
 }
 
 /** Read a state from a query string; anything unknown or malformed falls back to its default. */
@@ -44,14 +65,18 @@ export function parse(search) {
     const value = params.get(key);
     if (value) state[key] = value;
   }
-  for (const key of ['order', 'colormap', 'normalize', 'fnorm']) {
+  for (const key of ['order', 'colormap', 'normalize', 'fnorm', 'fv', 'cam', 'sal']) {
     const value = params.get(key);
     if (OPTIONS[key].includes(value)) state[key] = value;
   }
   const limit = parseInteger(params.get('limit') ?? '');
   if (limit !== null && OPTIONS.limit.includes(limit)) state.limit = limit;
   state.channel = parseInteger(params.get('channel') ?? '');
-  if (params.has('opacity')) state.opacity = parseOpacity(params.get('opacity'));
+  if (params.has('opacity')) state.opacity = parseFraction(params.get('opacity'), DEFAULTS.opacity);
+  if (params.has('alpha')) state.alpha = parseFraction(params.get('alpha'), DEFAULTS.alpha);
+  state.cls = parseBounded(params.get('cls'), 0, 99999);
+  state.fvsteps = parseBounded(params.get('fvsteps'), 1, 2048);
+  state.fvsize = parseBounded(params.get('fvsize'), 16, 512);
   if (state.compare === state.image) state.compare = null;
   return state;
 }
@@ -78,7 +103,9 @@ export function patch(state, changes) {
   if ('model' in changes && state.model && changes.model !== state.model) {
     next.layer = changes.layer ?? null;
     next.channel = null;
+    next.cls = null;
   }
+  if ('image' in changes && changes.image !== state.image && !('cls' in changes)) next.cls = null;
   if ('layer' in changes && state.layer && changes.layer !== state.layer && !('channel' in changes)) {
     next.channel = null;
   }

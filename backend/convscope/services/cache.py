@@ -32,6 +32,7 @@ class ByteLRU(Generic[V]):
         with self._lock:
             item = self._items.get(key)
             if item is None:
+                self.misses += 1
                 return None
             self._items.move_to_end(key)
             self.hits += 1

@@ -77,8 +77,9 @@ def trace_layers(model: nn.Module, input_size: tuple[int, int]) -> list[LayerInf
         for name, module in named:
             handles.append(module.register_forward_hook(make_hook(name or "output")))
             handles.append(module.register_forward_pre_hook(make_pre_hook(name or "output")))
+        device = next(model.parameters(), torch.empty(0)).device  # cuda models: cuda input
         with torch.inference_mode():
-            model(torch.zeros(1, 3, *input_size))
+            model(torch.zeros(1, 3, *input_size, device=device))
     finally:
         for handle in handles:
             handle.remove()

@@ -226,9 +226,6 @@ class Convscope:
     def capture(self, model: LoadedModel, image_id: str) -> Capture:
         """All layers' outputs for one image: one forward pass, then cached by bytes."""
         key = (model.name, model.spec.weights, image_id)
-        cached = self.captures.get(key)
-        if cached is not None:
-            return cached
 
         def compute() -> Capture:
             _, image = self.images.open(image_id)
