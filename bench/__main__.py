@@ -85,7 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         cold_starts.append(server.start_seconds)
         idle = server.memory()
         log.info(
-            "server ready in %.2fs, idle RSS %d MiB", server.start_seconds, idle["VmRSS"] // MIB
+            "server pid %d ready in %.2fs, idle RSS %d MiB",
+            server.pid,
+            server.start_seconds,
+            idle["VmRSS"] // MIB,
         )
         with httpx.Client(base_url=server.url, timeout=60.0) as client:
             log.info("forward pass, cold and warm grids against the floor")

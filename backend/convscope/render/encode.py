@@ -6,12 +6,21 @@ import base64
 import io
 import struct
 import zlib
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import orjson
 import torch
+
+_deflate: ModuleType = zlib
+try:  # ISA-L's deflate: the same format, 4-6x faster than zlib at level 1 on our grids
+    from isal import isal_zlib
+
+    _deflate = isal_zlib
+except ImportError:  # pragma: no cover - isal is a dependency; zlib is the fallback
+    pass
 
 
 def to_uint8(unit: torch.Tensor) -> npt.NDArray[np.uint8]:
@@ -25,8 +34,8 @@ def png(pixels: npt.NDArray[np.uint8], *, compress_level: int = 1) -> bytes:
     Written out here rather than by Pillow, which tries all five PNG row filters on every row:
     on our grids that took 3-5x longer than the compression itself. Every row here uses the
     "Up" filter (difference to the row above), so the rows that nearest-neighbour upscaling
-    repeats become zeros; zlib level 1 then costs about what a copy does, and the files are
-    about the size Pillow's level 1 gives.
+    repeats become zeros. Deflate is ISA-L's when installed (``isal``), else zlib's; at level 1
+    the files are about the size Pillow's level 1 gives.
     """
     pixels = np.ascontiguousarray(pixels)
     if pixels.dtype != np.uint8 or not (
@@ -46,7 +55,7 @@ def png(pixels: npt.NDArray[np.uint8], *, compress_level: int = 1) -> bytes:
         (
             b"\x89PNG\r\n\x1a\n",
             _chunk(b"IHDR", header),
-            _chunk(b"IDAT", zlib.compress(filtered, compress_level)),
+            _chunk(b"IDAT", _deflate.compress(filtered, compress_level)),
             _chunk(b"IEND", b""),
         )
     )
