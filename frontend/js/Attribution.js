@@ -9,7 +9,7 @@ import { Panel } from './Panel.js';
 import { percent } from './CamStrip.js';
 
 const CAM_METHODS = [['gradcam', 'Grad-CAM'], ['gradcampp', 'Grad-CAM++'], ['scorecam', 'Score-CAM (slow)']];
-const SAL_METHODS = [['vanilla', 'Gradient'], ['smoothgrad', 'SmoothGrad (a few seconds)'], ['guided', 'Guided backprop']];
+const SAL_METHODS = [['vanilla', 'Gradient'], ['smoothgrad', 'SmoothGrad (slower)'], ['guided', 'Guided backprop']];
 
 function swap(img, url) {
   const old = img.getAttribute('src') ?? '';

@@ -49,7 +49,7 @@ export class ChannelFilter {
     const pointwise = kernel.every((n) => n === 1);
     const rgb = layerInfo.in_channels === 3 && !layerInfo.depthwise && (layerInfo.groups ?? 1) === 1;
     const params = rgb
-      ? { channels: channel, scale: Math.max(1, Math.floor(144 / k)), background: api.GRID_BACKGROUND }
+      ? { channels: channel, scale: Math.max(1, Math.min(32, Math.floor(144 / k))), background: api.GRID_BACKGROUND }
       : { filter: channel, normalize: pointwise ? 'layer' : fnorm, scale: Math.max(1, Math.min(24, Math.floor(24 / k))), background: api.GRID_BACKGROUND };
     const key = JSON.stringify([model, layer, params]);
     if (key === this.key) return;

@@ -75,7 +75,7 @@ export function parse(search) {
   if (params.has('opacity')) state.opacity = parseFraction(params.get('opacity'), DEFAULTS.opacity);
   if (params.has('alpha')) state.alpha = parseFraction(params.get('alpha'), DEFAULTS.alpha);
   state.cls = parseBounded(params.get('cls'), 0, 99999);
-  state.fvsteps = parseBounded(params.get('fvsteps'), 1, 2048);
+  state.fvsteps = parseBounded(params.get('fvsteps'), 1, 1024);
   state.fvsize = parseBounded(params.get('fvsize'), 16, 512);
   if (state.compare === state.image) state.compare = null;
   return state;

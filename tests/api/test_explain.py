@@ -47,6 +47,7 @@ def test_optimize_job_runs_streams_progress_and_is_cached(client: TestClient) ->
     start = time.perf_counter()
     again = client.post(f"{M}/optimize", json=body)
     assert again.status_code == 200 and again.json()["state"] == "done"
+    assert again.json()["cached"] is True
     assert time.perf_counter() - start < 1.0
     assert client.get(f"/api/jobs/{again.json()['id']}/result.png").content == png.content
 

@@ -127,14 +127,14 @@ def test_channel_page_from_permalink(page, base_url, shoot, console):
 
 def test_visualisation_progress_and_cancel(page, api_url, shoot):
     cat = images(api_url)["cat"]
-    open_ui(page, api_url, f"?image={cat}&layer=blocks.4&channel=7&fvsteps=2000&fvsize=96")
+    open_ui(page, api_url, f"?image={cat}&layer=blocks.4&channel=7&fvsteps=1000&fvsize=96")
     fv_state(page, "idle")
     page.evaluate(WATCH_FV)
     page.get_by_role("button", name="Visualise").click()
     fv_state(page, "running")
     bar = page.locator("#channel-fv progress")
     page.wait_for_function("() => document.querySelector('#channel-fv progress').value >= 3")
-    assert bar.get_attribute("max") == "2000"
+    assert bar.get_attribute("max") == "1000"
     assert "Step " in page.locator("#channel-fv .fv-bar").inner_text()
     page.wait_for_function(LOADED, arg="#channel-fv .fv-img")  # the live preview
     shoot(page, "channel-fv-running")
@@ -276,3 +276,24 @@ def test_new_controls_have_labels_and_keyboard(page, api_url):
     page.get_by_role("button", name="Visualise").focus()
     page.keyboard.press("Enter")
     fv_state(page, "done")
+
+
+def test_new_state_keys_round_trip(page, api_url):
+    open_ui(page, api_url, "")
+    result = page.evaluate(
+        """async () => {
+          const s = await import('/js/state.js');
+          const state = s.patch(s.parse(''), {
+            image: 'abc', channel: 3, fv: 'better', fvsteps: 16, fvsize: 64,
+            cam: 'scorecam', sal: 'guided', cls: 285, alpha: 0.25,
+          });
+          return { same: s.equal(state, s.parse(s.serialize(state))),
+                   bad: s.parse('?fv=x&fvsteps=5000&fvsize=3&cam=y&sal=z&cls=-1&alpha=9'),
+                   other: s.patch(state, { image: 'def' }) };
+        }"""
+    )
+    assert result["same"]
+    bad = result["bad"]
+    assert (bad["fv"], bad["fvsteps"], bad["fvsize"]) == ("quick", None, None)
+    assert (bad["cam"], bad["sal"], bad["cls"], bad["alpha"]) == ("gradcam", "vanilla", None, 1)
+    assert result["other"]["cls"] is None  # another image has other top classes

@@ -32,14 +32,17 @@ def ids(base: str) -> dict[str, str]:
         return {i["name"]: i["id"] for i in json.load(response)}
 
 
-def snap(page, url: str, name: str, scroll_to: str | None = None) -> None:
+def snap(page, url: str, name: str, scroll_to: str | None = None, before=None) -> None:
     page.goto(url)
     page.wait_for_selector("#layer-list li[aria-selected='true']")
     page.wait_for_function(SETTLED)
+    if before:
+        before(page)
+        page.wait_for_function(SETTLED)
     page.wait_for_timeout(300)
     if scroll_to:
         page.locator(scroll_to).evaluate(
-            "(e) => window.scrollTo(0, e.getBoundingClientRect().top + scrollY - 64)"
+            "(e) => window.scrollTo(0, e.getBoundingClientRect().top + scrollY - 60)"
         )
         page.wait_for_timeout(200)
     DOCS.mkdir(parents=True, exist_ok=True)
@@ -63,3 +66,15 @@ def test_readme_screenshots(page, api_url):
         "compare",
         "#compare",
     )
+
+
+def visualise(page) -> None:
+    page.get_by_role("button", name="Visualise").click()
+    page.wait_for_selector("#channel-fv[data-state='done']", timeout=120_000)
+
+
+def test_readme_screenshots_explain(page, api_url):
+    image = ids(api_url)
+    base = f"{api_url}/?model=efficientnet_lite0&image={image['cat']}"
+    snap(page, f"{base}&layer=blocks.4.0.conv_pw&channel=10", "channel_page", "#channel", visualise)
+    snap(page, f"{base}&layer=blocks.3.0.conv_pw", "attribution", "#attribution")

@@ -318,7 +318,7 @@ def test_compare_mode(page, base_url, shoot):
         position={"x": 12, "y": 12}
     )
     page.wait_for_selector("#channel:not([hidden])")
-    assert page.locator("#channel .subpanel").count() == 2
+    assert page.locator("#channel .cp-maps .subpanel").count() == 2  # one map per image
     settled(page, "#channel")
     shoot(page, "compare", full_page=True)
     page.select_option("#compare-select", value="")

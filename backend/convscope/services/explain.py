@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from convscope.config import Settings
@@ -97,7 +97,8 @@ class Explainer:
         key, label, total, work = self._plan(model_name, request)
         existing = self.jobs.find(key)
         if existing is not None and existing.state not in ("failed", "cancelled"):
-            return existing
+            # Asked before: the same job, and if it is done, its result is the cached one.
+            return replace(existing, cached=True) if existing.state == "done" else existing
         return self.jobs.submit(key, work, total=total, label=label)
 
     def optimize_now(

@@ -37,7 +37,10 @@ def map_view(
     normalize: Annotated[
         Literal["channel", "layer"], Query(description="scale each map or the whole layer")
     ] = "channel",
-    scale: Annotated[int | None, Query(ge=1, description="nearest-neighbour upscaling")] = None,
+    scale: Annotated[
+        int | None,
+        Query(ge=1, description="nearest-neighbour upscaling, at most CONVSCOPE_MAX_SCALE (32)"),
+    ] = None,
     padding: Annotated[int, Query(ge=0, le=16)] = 2,
     limit: Annotated[int | None, Query(ge=1, description="at most this many channels")] = None,
     dtype: Annotated[

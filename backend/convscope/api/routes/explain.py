@@ -33,8 +33,10 @@ class OptimizeIn(BaseModel):
     channels: list[int] = Field(default_factory=list, max_length=64)
     kind: Literal["channel", "neuron", "layer"] = "channel"
     negative: bool = False
-    steps: int = Field(128, ge=1)
-    size: int = Field(128, ge=16)
+    steps: int = Field(128, ge=1, description="at most CONVSCOPE_MAX_OPTIMIZE_STEPS (default 1024)")
+    size: int = Field(
+        128, ge=16, description="image side in pixels; at most CONVSCOPE_MAX_OPTIMIZE_SIZE (384)"
+    )
     lr: float = Field(0.05, gt=0, le=10)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     param: Literal["fourier", "pixel"] = "fourier"

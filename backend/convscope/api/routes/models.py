@@ -61,7 +61,10 @@ def filters(
     channels: Annotated[
         str | None, Query(max_length=4000, description="filters to draw: '0,3,5-9'")
     ] = None,
-    scale: Annotated[int | None, Query(ge=1, description="nearest-neighbour upscaling")] = None,
+    scale: Annotated[
+        int | None,
+        Query(ge=1, description="nearest-neighbour upscaling, at most CONVSCOPE_MAX_SCALE (32)"),
+    ] = None,
     colormap: Annotated[str, Query(description="for single-channel tiles")] = "gray",
     padding: Annotated[int, Query(ge=0, le=16)] = 1,
     background: Annotated[int, Query(ge=0, le=255, description="grey level between tiles")] = 255,
