@@ -13,6 +13,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import httpx
 import torch
 
 from bench import scenarios
+from bench.attribution import cam_rows
 from bench.floor import Reference
 from bench.server import running_server
 from bench.table import Row, median, percentile, render
@@ -112,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
             cold_starts.append(again.start_seconds)
 
     rows = table_rows(lat, loaded, idle, after, caches, cold_starts, total)
+    log.info("Grad-CAM against pytorch-grad-cam")
+    with tempfile.TemporaryDirectory() as scratch:
+        rows += cam_rows(Path(scratch), runs=2 if quick else 10)
     print(f"convscope benchmark: {header}\n")  # noqa: T201 -- the report is the output
     print(render(rows))  # noqa: T201
     print(f"\nwall time {time.perf_counter() - began:.0f} s")  # noqa: T201

@@ -194,6 +194,11 @@ def main() -> None:
         f"({lucent_total / singles_total:.2f}x), ours one batched call {ours_total:.1f}s "
         f"({lucent_total / ours_total:.2f}x)"
     )
+    lines.append(
+        f"seconds per step: lucent {lucent_total / (args.steps * len(rows)):.3f} s, "
+        f"ours {singles_total / (ours_steps * len(rows)):.3f} s "
+        f"({(lucent_total / args.steps) / (singles_total / ours_steps):.2f}x)"
+    )
     print("\n".join(lines))  # noqa: T201 - a benchmark's output is its table
 
     if args.save:
