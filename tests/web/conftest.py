@@ -7,6 +7,7 @@ rendered here the way the nginx image's envsubst step does, so tests and deploym
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 
@@ -27,6 +29,17 @@ DEPLOY = REPO / "deploy"
 NGINX_TEMPLATE = DEPLOY / "nginx.conf.template"
 NGINX_MAIN = DEPLOY / "nginx.conf"
 PLACEHOLDERS = ("API_UPSTREAM", "LISTEN_PORT", "FRONTEND_ROOT")
+
+
+def query(page) -> dict[str, str]:
+    """The page URL's query string as a dict (the UI's state)."""
+    return {k: v[0] for k, v in parse_qs(urlparse(page.url).query).items()}
+
+
+def images(base: str) -> dict[str, str]:
+    """Image name -> id, from the server's listing."""
+    with urllib.request.urlopen(f"{base}/api/images") as response:
+        return {i["name"]: i["id"] for i in json.load(response)}
 
 
 def free_port() -> int:

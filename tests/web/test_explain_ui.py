@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from urllib.parse import parse_qs, urlparse
 
 import pytest
+
+from tests.web.conftest import images
 
 pytestmark = pytest.mark.web
 
@@ -30,15 +31,6 @@ WATCH_FV = """() => {
     if (!bar.closest('[hidden]') && seen.steps.at(-1) !== bar.value) seen.steps.push(bar.value);
   }).observe(root, { subtree: true, attributes: true, childList: true, characterData: true });
 }"""
-
-
-def query(page) -> dict[str, str]:
-    return {k: v[0] for k, v in parse_qs(urlparse(page.url).query).items()}
-
-
-def images(base: str) -> dict[str, str]:
-    with urllib.request.urlopen(f"{base}/api/images") as response:
-        return {i["name"]: i["id"] for i in json.load(response)}
 
 
 def top_classes(base: str, image: str, top: int = 5) -> list[dict]:

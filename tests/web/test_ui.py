@@ -7,10 +7,11 @@ import io
 import json
 import os
 import urllib.request
-from urllib.parse import parse_qs, urlparse
 
 import pytest
 from PIL import Image
+
+from tests.web.conftest import images, query
 
 pytestmark = pytest.mark.web
 
@@ -20,15 +21,6 @@ GRID_READY = """(sel) => {
   return panel && panel.getAttribute('aria-busy') === 'false'
     && img && img.complete && img.naturalWidth > 0;
 }"""
-
-
-def query(page) -> dict[str, str]:
-    return {k: v[0] for k, v in parse_qs(urlparse(page.url).query).items()}
-
-
-def images(base: str) -> dict[str, str]:
-    with urllib.request.urlopen(f"{base}/api/images") as response:
-        return {i["name"]: i["id"] for i in json.load(response)}
 
 
 def open_ui(page, base: str, search: str = "") -> None:

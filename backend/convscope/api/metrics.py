@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import orjson
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -29,6 +28,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from starlette.routing import BaseRoute, Mount, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from convscope.api.middleware import send_error
 
 access_log = logging.getLogger("convscope.access")
 
@@ -243,22 +244,11 @@ class Observe:
 
 
 async def _overloaded(send: Send, admitted: int) -> None:
-    body = orjson.dumps(
-        {
-            "detail": f"server busy: {admitted} requests in progress, the limit "
-            "(CONVSCOPE_MAX_INFLIGHT_REQUESTS); retry shortly",
-            "code": "overloaded",
-        }
+    await send_error(
+        send,
+        503,
+        f"server busy: {admitted} requests in progress, the limit "
+        "(CONVSCOPE_MAX_INFLIGHT_REQUESTS); retry shortly",
+        "overloaded",
+        [(b"retry-after", b"1")],
     )
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 503,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"retry-after", b"1"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})

@@ -125,29 +125,37 @@ class _BodyTooLarge(Exception):
     pass
 
 
-async def _too_large(send: Send, limit: int) -> None:
+async def send_error(
+    send: Send, status: int, detail: str, code: str, headers: list[tuple[bytes, bytes]]
+) -> None:
+    """Answer ``{"detail", "code"}`` from ASGI middleware, before any route runs."""
     import orjson
 
-    body = orjson.dumps(
-        {
-            "detail": f"request body larger than the limit of {limit} bytes "
-            "(CONVSCOPE_MAX_UPLOAD_BYTES, or CONVSCOPE_MAX_MODEL_UPLOAD_BYTES for model "
-            "uploads, plus form overhead)",
-            "code": "payload_too_large",
-        }
-    )
+    body = orjson.dumps({"detail": detail, "code": code})
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
+                *headers,
             ],
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    await send_error(
+        send,
+        413,
+        f"request body larger than the limit of {limit} bytes "
+        "(CONVSCOPE_MAX_UPLOAD_BYTES, or CONVSCOPE_MAX_MODEL_UPLOAD_BYTES for model "
+        "uploads, plus form overhead)",
+        "payload_too_large",
+        [(b"connection", b"close")],
+    )
 
 
 def _header(scope: Scope, name: bytes) -> Any:
