@@ -1,10 +1,12 @@
 """Every endpoint over HTTP, checked against independent computations."""
 
 import base64
+import hashlib
 import io
 import itertools
 import threading
 import time
+from importlib import resources
 
 import numpy as np
 import pytest
@@ -16,6 +18,10 @@ from convscope.services.visualize import Convscope
 from tests.conftest import DEFAULT, png_bytes
 
 M = f"/api/models/{DEFAULT}"
+# The cat sample's id: the sha256 of its bytes.
+SAMPLE = hashlib.sha256(
+    (resources.files("convscope") / "data" / "samples" / "chelsea.jpg").read_bytes()
+).hexdigest()
 
 
 def _npy(content: bytes) -> np.ndarray:
@@ -227,6 +233,8 @@ def test_one_shot_returns_the_same_maps_as_upload_then_get(client: TestClient) -
         ("get", f"{M}/images/notanid/activations/conv_stem", {}, 404, "unknown_image"),
         ("get", "/api/images/" + "f" * 64, {}, 404, "unknown_image"),
         ("get", "/api/models/alexnet/layers", {}, 503, "model_unavailable"),
+        # the first block of each stage has no residual, so its drop_path is never called
+        ("get", f"{M}/images/{SAMPLE}/activations/blocks.1.0.drop_path", {}, 422, "no_activation"),
         (
             "post",
             "/api/images",

@@ -302,3 +302,31 @@ def test_operator_models_are_not_deletable(
         hard_client.delete("/api/models/operator_net", headers=AUTH), 409, "model_not_deletable"
     )
     assert folder.exists()
+
+
+def test_a_full_or_read_only_store_is_a_503_and_leaves_nothing_behind(
+    hard_client: TestClient,
+    hard_settings: Settings,
+    good_weights: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The disk refuses the write (ENOSPC here; EROFS reads the same): 503, no partial model."""
+    import errno
+    import os
+
+    models_dir: Path = hard_settings.models_dir  # type: ignore[assignment]
+    models_dir.mkdir(parents=True, exist_ok=True)
+    before = sorted(p.name for p in models_dir.iterdir() if p.name != ".staging")
+    real_rename = os.rename
+
+    def full_disk(src: object, dst: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "rename", full_disk)  # the commit step of an upload
+    response = _post(hard_client, good_weights, payloads.manifest(name="too big for the disk"))
+    monkeypatch.setattr(os, "rename", real_rename)
+    assert_error(response, 503, "storage_unavailable", contains="No space left")
+    staging = models_dir / ".staging"
+    assert not staging.exists() or not any(staging.iterdir())
+    assert sorted(p.name for p in models_dir.iterdir() if p.name != ".staging") == before
+    assert_serving(hard_client)
