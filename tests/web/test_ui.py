@@ -10,6 +10,7 @@ import urllib.request
 
 import pytest
 from PIL import Image
+from playwright.sync_api import expect
 
 from tests.web.conftest import images, query
 
@@ -60,8 +61,9 @@ def test_empty_state_then_sample(page, base_url, shoot, console):
     assert state["model"] == "efficientnet_lite0"
     assert state["layer"] == "conv_stem"  # the first conv layer is the default
     assert page.locator("#model-select").input_value() == "efficientnet_lite0"
-    assert "Pick a sample or upload a photo" in page.locator("#images").inner_text()
-    assert "Pick a sample or upload a photo" in page.locator("#activations").inner_text()
+    # The empty states appear once the image list has loaded: wait for them, do not race.
+    expect(page.locator("#images")).to_contain_text("Pick a sample or upload a photo")
+    expect(page.locator("#activations")).to_contain_text("Pick a sample or upload a photo")
     # Filters need no image.
     wait_grid(page, "#filters")
 
@@ -121,7 +123,7 @@ def test_channel_view_values_and_overlay(page, base_url, shoot):
     cat = images(base_url)["cat"]
     open_ui(page, base_url, f"?image={cat}&layer=blocks.1.0.conv_pw&order=mean")
     wait_grid(page)
-    assert "strongest mean activation first" in page.locator("#activations").inner_text()
+    expect(page.locator("#activations")).to_contain_text("strongest mean activation first")
     grid = page.locator("#activations .grid-frame")
     grid.scroll_into_view_if_needed()
     box = grid.bounding_box()
@@ -321,7 +323,7 @@ def test_compare_mode(page, base_url, shoot):
 def test_unknown_names_in_link_are_explained(page, api_url, console):
     console.allow("Failed to load resource")
     open_ui(page, api_url, "?model=nope&layer=conv_stem")
-    assert "no model “nope”" in page.locator("#model-picker").inner_text()
+    expect(page.locator("#model-picker")).to_contain_text("no model “nope”")
     page.goto(f"{api_url}/?layer=not.a.layer")
     page.wait_for_selector("#layers [role='alert']")
     assert "not.a.layer" in page.locator("#layers [role='alert']").inner_text()
