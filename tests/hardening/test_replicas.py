@@ -65,7 +65,7 @@ def render_nginx(prefix: Path, upstreams: list[str], port: int) -> Path:
 @pytest.fixture(scope="module")
 def nginx(replicas: list[Server], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if not Path(NGINX).exists():
-        pytest.skip("nginx is not installed")
+        pytest.fail("nginx is not installed: scripts/test installs it (apt-get install nginx)")
     prefix = tmp_path_factory.mktemp("nginx")
     port = free_port()
     conf = render_nginx(prefix, [f"127.0.0.1:{s.port}" for s in replicas], port)

@@ -120,7 +120,7 @@ SCREENSHOTS = REPO / "artifacts" / "screenshots"
 def _convscope() -> str:
     found = shutil.which("convscope") or str(Path(sys.executable).with_name("convscope"))
     if not Path(found).exists():
-        pytest.skip("the convscope command is not installed (pip install -e .)")
+        pytest.fail("the convscope command is not installed: run scripts/test (pip install -e .)")
     return found
 
 
@@ -169,7 +169,7 @@ def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def nginx_url(api_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """nginx from deploy/nginx.conf.template in front of the API, as a plain process."""
     if not (shutil.which("nginx") or Path("/usr/sbin/nginx").exists()):
-        pytest.skip("nginx is not installed")
+        pytest.fail("nginx is not installed: scripts/test installs it (apt-get install nginx)")
     prefix = tmp_path_factory.mktemp("nginx")
     port = free_port()
     conf = nginx_prefix(
@@ -203,8 +203,11 @@ def base_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="session")
 def browser() -> Iterator[object]:
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
+        pytest.fail(
+            f"{CHROMIUM} is not installed: scripts/test installs it (apt-get install chromium)"
+        )
+    from playwright import sync_api
+
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser

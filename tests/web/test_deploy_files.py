@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -115,7 +114,6 @@ def test_dockerignore_keeps_context_small():
     assert "*" in lines and "!backend/" in lines and "!pyproject.toml" in lines
 
 
-@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed")
 def test_rendered_nginx_config_passes_nginx_t(tmp_path, nginx_layout):
     conf = nginx_layout(
         tmp_path, api_upstream="127.0.0.1:9", listen_port=18080, frontend_root=REPO / "frontend"
