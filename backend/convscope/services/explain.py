@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from convscope.config import Settings
-from convscope.errors import InvalidParameterError
+from convscope.errors import InvalidParameterError, NoActivationError
 from convscope.render import encode, overlay
 from convscope.services.attribution import CAM_METHODS, SALIENCY_METHODS, cam, saliency
 from convscope.services.gate import ComputeGate
@@ -28,7 +28,6 @@ from convscope.services.optimize import (
     Limits,
     OptimizeSettings,
     deepdream,
-    layer_shapes,
     optimize_images,
     validate_settings,
 )
@@ -132,10 +131,13 @@ class Explainer:
             settings=asdict(settings),
         )
         validate_settings(settings, self.limits, len(objectives))
-        layers = list(dict.fromkeys(name for o in objectives for name in o.layers))
-        for layer in layers:
-            model.layer(layer)
-        shapes = layer_shapes(model.module, layers, 64, pre.mean, pre.std, model.name)
+        # Channel counts come from the layer table traced at load: no forward pass here.
+        shapes: dict[str, list[int]] = {}
+        for name in dict.fromkeys(name for o in objectives for name in o.layers):
+            shape = model.layer(name).output_shape
+            if shape is None:
+                raise NoActivationError(model.name, name, "it has no tensor output to maximise")
+            shapes[name] = shape
         for objective in objectives:
             check_objective(objective, shapes)
 
