@@ -90,23 +90,39 @@ async def _burst(url: str, n: int, seed: int) -> tuple[list[tuple[int, float, di
     return list(results), worst_probe
 
 
+def _check_burst(results: list[tuple[int, float, dict, str]], worst_probe: float) -> None:
+    statuses = [status for status, _, _, _ in results]
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses.count(200) >= 1 and statuses.count(503) >= 10, statuses
+    for status, seconds, body, retry_after in results:
+        if status == 503:
+            assert body["code"] == "overloaded" and "busy" in body["detail"], body
+            assert int(retry_after) >= 1
+            assert seconds < 2.0, f"a 503 took {seconds:.2f}s"
+    assert worst_probe < 1.0, f"health/metrics took {worst_probe:.2f}s under overload"
+
+
+# One capture of EfficientNet-Lite0 keeps ~80 MB of layer outputs. The allocator keeps freed
+# captures for reuse (services/runtime.tune_allocator), about one per arena, and the tests run
+# with MALLOC_ARENA_MAX=2: RSS steps up while each arena first holds one, then stays. A leak
+# never stops growing: three bursts in a row that add less than PLATEAU_MIB together mean it
+# stopped. Keeping one capture per admitted request (tried: +240 MiB a burst) never gets there,
+# and 30 requests admitted at once instead of shed would hold ~2.4 GB, far past RETAINED_MIB.
+PLATEAU_MIB, RETAINED_MIB, MAX_BURSTS = 24, 2 * 80 + 64, 12
+
+
 def test_overload_sheds_fast_and_memory_stays_flat(server: Server) -> None:
-    for seed in (1000, 2000):  # warm up: allocator arenas, worker threads, caches
-        asyncio.run(_burst(server.url, 30, seed=seed))
-    before = rss_kib(server.proc.pid)
-    for round_ in range(3):
-        results, worst_probe = asyncio.run(_burst(server.url, 30, seed=round_ * 100))
-        statuses = [status for status, _, _, _ in results]
-        assert set(statuses) <= {200, 503}, statuses
-        assert statuses.count(200) >= 1 and statuses.count(503) >= 10, statuses
-        for status, seconds, body, retry_after in results:
-            if status == 503:
-                assert body["code"] == "overloaded" and "busy" in body["detail"], body
-                assert int(retry_after) >= 1
-                assert seconds < 2.0, f"a 503 took {seconds:.2f}s"
-        assert worst_probe < 1.0, f"health/metrics took {worst_probe:.2f}s under overload"
-    growth_mib = (rss_kib(server.proc.pid) - before) / 1024
-    assert growth_mib < 96, f"RSS grew by {growth_mib:.0f} MiB over three bursts"
+    for seed in (1000, 2000):  # warm up: worker threads, caches, the first capture
+        _check_burst(*asyncio.run(_burst(server.url, 30, seed=seed)))
+    after = [rss_kib(server.proc.pid) / 1024]
+    while len(after) <= MAX_BURSTS:
+        _check_burst(*asyncio.run(_burst(server.url, 30, seed=len(after) * 100)))
+        after.append(rss_kib(server.proc.pid) / 1024)
+        if len(after) >= 4 and after[-1] - after[-4] < PLATEAU_MIB:
+            break
+    trace = ", ".join(f"{mib:.0f}" for mib in after)
+    assert after[-1] - after[-4] < PLATEAU_MIB, f"RSS (MiB) kept growing, burst by burst: {trace}"
+    assert after[-1] - after[0] < RETAINED_MIB, f"RSS (MiB) grew past the allocator's: {trace}"
     metrics = httpx.get(f"{server.url}/metrics").text
     assert 'convscope_rejected_requests_total{stage="admission"}' in metrics
     assert "convscope_compute_queued 0.0" in metrics  # the queue drained
