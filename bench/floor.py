@@ -26,7 +26,9 @@ from torchvision.utils import make_grid
 from convscope.services.sources import embedded_spec
 
 PngEncoder = Callable[[np.ndarray], bytes]
-_VIRIDIS = np.rint(matplotlib.colormaps["viridis"](np.linspace(0, 1, 256))[:, :3] * 255).astype(
+# convscope quantises a colour grid to 255 levels (its PNG palette keeps one entry for the
+# padding): the floor draws the same colours, in RGB, as a user's own code would.
+_VIRIDIS = np.rint(matplotlib.colormaps["viridis"](np.linspace(0, 1, 255))[:, :3] * 255).astype(
     np.uint8
 )
 
@@ -75,7 +77,7 @@ def grid_png(maps: torch.Tensor, encode: PngEncoder = pillow_png, padding: int =
         lo = flat.amin(1).view(-1, 1, 1)
         span = flat.amax(1).view(-1, 1, 1) - lo
         unit = torch.where(span > 1e-12, (maps - lo) / span.clamp_min(1e-12), 0.0)
-        grey = unit.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).numpy()
+        grey = unit.mul(254).add_(0.5).clamp_(0, 254).to(torch.uint8).numpy()
         rgb = torch.from_numpy(_VIRIDIS[grey]).permute(0, 3, 1, 2)  # [N, 3, H, W]
         h, w = maps.shape[-2:]
         scale = max(1, 56 // max(h, w))

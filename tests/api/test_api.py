@@ -8,6 +8,7 @@ import threading
 import time
 from importlib import resources
 
+import matplotlib
 import numpy as np
 import pytest
 import torch
@@ -162,10 +163,12 @@ def test_activation_png_json_and_options(client: TestClient, samples) -> None:
     assert order == list(np.argsort(-means, kind="stable")[:6])
     grid = dict(kv.split("=") for kv in png.headers["x-convscope-grid"].split(";"))
     pixels = _png(png.content)
+    assert pixels.ndim == 2  # gray: a greyscale PNG, 256 levels
     th, tw = (int(v) for v in grid["tile"].split("x"))
-    first = pixels[2 : 2 + th : 2, 2 : 2 + tw : 2, 0]
+    first = pixels[2 : 2 + th : 2, 2 : 2 + tw : 2]
     m = npy[order[0]]
     assert np.array_equal(first, np.floor((m - m.min()) / (m.max() - m.min()) * 255 + 0.5))
+    assert (pixels[:2] == 255).all() and (pixels[:, :2] == 255).all()  # padding: background
     js = client.get(url, params={"format": "json", "channels": "1,4-5"}).json()
     assert js["shape"] == list(npy.shape) and [c["index"] for c in js["channels"]] == [1, 4, 5]
     c = js["channels"][1]
@@ -177,6 +180,23 @@ def test_activation_png_json_and_options(client: TestClient, samples) -> None:
     assert np.array_equal(np.asarray(floats.json()["channels"][0]["data"], np.float32), npy[4])
     layer_norm = client.get(url, params={"normalize": "layer", "colormap": "magma"})
     assert layer_norm.status_code == 200 and layer_norm.content != png.content
+
+
+def test_colour_grid_is_the_colormap_at_255_levels_with_grey_padding(client, samples) -> None:
+    url = f"{M}/images/{samples['cat']}/activations/blocks.2.0.conv_pw"
+    npy = _npy(client.get(url, params={"format": "npy", "channels": "3"}).content)[0]
+    png = client.get(url, params={"channels": "3,5", "colormap": "magma", "background": 40})
+    image = Image.open(io.BytesIO(png.content))
+    assert image.mode == "P"  # indexed: one byte per pixel, the colormap as the palette
+    rgb = np.asarray(image.convert("RGB"))
+    grid = dict(kv.split("=") for kv in png.headers["x-convscope-grid"].split(";"))
+    th, tw = (int(v) for v in grid["tile"].split("x"))
+    step, pad = int(grid["scale"]), int(grid["padding"])
+    first = rgb[pad : pad + th : step, pad : pad + tw : step]
+    levels = np.floor((npy - npy.min()) / (npy.max() - npy.min()) * 254 + 0.5).astype(int)
+    magma = matplotlib.colormaps["magma"](np.linspace(0, 1, 255))[:, :3]
+    assert np.array_equal(first, np.rint(magma[levels] * 255))
+    assert (rgb[:pad] == 40).all() and (rgb[:, :pad] == 40).all()
 
 
 def test_channel_stats_and_top_k(client: TestClient, samples) -> None:
@@ -212,7 +232,8 @@ def test_one_shot_returns_the_same_maps_as_upload_then_get(client: TestClient) -
         data={"layer": "conv_stem"},
         params={"limit": 4},
     )
-    assert png.headers["content-type"] == "image/png" and _png(png.content).ndim == 3
+    assert png.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(png.content)).mode == "P"  # viridis, as an indexed PNG
 
 
 @pytest.mark.parametrize(

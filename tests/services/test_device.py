@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -10,6 +13,7 @@ from convscope.errors import ConvscopeError
 from convscope.services.capture import capture
 from convscope.services.registry import ModelRegistry, resolve_device
 from convscope.services.runtime import available_cpus, cgroup_cpu_limit, configure_threads
+from convscope.services.visualize import Convscope
 from tests.conftest import DEFAULT
 
 
@@ -80,3 +84,24 @@ def test_cgroup_quota_caps_the_cores(tmp_path) -> None:  # type: ignore[no-untyp
     (tmp_path / "cpu.max").write_text("max 100000\n")
     assert cgroup_cpu_limit(tmp_path) is None
     assert cgroup_cpu_limit(tmp_path / "absent") is None
+
+
+def test_load_default_freezes_the_heap_and_collects_again_even_when_it_fails(
+    tmp_path: Path,
+) -> None:
+    gc.disable()  # as `convscope serve` does while it starts
+    try:
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        settings = Settings(
+            data_dir=tmp_path / "data",
+            weights_dir=empty,
+            models_dir=empty,
+            default_model="no_such_model",
+        )
+        with pytest.raises(ConvscopeError, match="no_such_model"):
+            Convscope(settings).load_default()
+        assert gc.isenabled()
+    finally:
+        gc.enable()
+    assert gc.get_freeze_count() > 10_000  # torch, timm, FastAPI: out of full collections

@@ -88,8 +88,9 @@ def tile(
     Tiles are upscaled by an integer ``scale`` with nearest-neighbour, so each weight or
     activation stays a crisp square. The layout and pixels are those of torchvision's
     ``make_grid`` on the upscaled tiles (the tests hold it to that), drawn in one pass
-    straight into a row-major ``[GH, GW, C]`` buffer: no upscaled copy of the tiles, and the
-    PNG encoder reads the result (``to_pixels``) without a transpose.
+    straight into a row-major ``[GH, GW, C]`` buffer: tiles are widened (small), then each of
+    their rows is copied ``scale`` times as one run of bytes, and the PNG encoder reads the
+    result (``to_pixels``) without a transpose.
     """
     n, channels, h, w = images.shape
     tile_h, tile_w = h * scale, w * scale
@@ -103,27 +104,22 @@ def tile(
         pad_value,
         dtype=np.uint8,
     )
-    sy, sx, sc = out.strides
-    # out viewed as [row, y, y-repeat, col, x, x-repeat, channel] over the tiles' pixels.
+    pixels = images.permute(0, 2, 3, 1).numpy()  # [N, H, W, C], a view
+    if scale > 1:  # widen first: small, and then each tile row is one contiguous run of bytes
+        pixels = np.repeat(pixels, scale, axis=2)
+    run = tile_w * channels
+    runs = np.ascontiguousarray(pixels).reshape(n, h, run)
+    sy, sx = out.strides[:2]
+    # out viewed as [row, y, y-repeat, col, bytes of one tile row] over the tiles' pixels.
     cells = np.lib.stride_tricks.as_strided(
         out[padding:, padding:],
-        shape=(rows, h, scale, cols, w, scale, channels),
-        strides=(
-            (tile_h + padding) * sy,
-            scale * sy,
-            sy,
-            (tile_w + padding) * sx,
-            scale * sx,
-            sx,
-            sc,
-        ),
+        shape=(rows, h, scale, cols, run),
+        strides=((tile_h + padding) * sy, scale * sy, sy, (tile_w + padding) * sx, 1),
     )
-    pixels = images.permute(0, 2, 3, 1).numpy()  # [N, H, W, C], a view
     full, rest = divmod(n, cols)
-    whole = pixels[: full * cols].reshape(full, cols, h, w, channels).transpose(0, 2, 1, 3, 4)
-    cells[:full] = whole[:, :, None, :, :, None, :]
+    cells[:full] = runs[: full * cols].reshape(full, cols, h, run).transpose(0, 2, 1, 3)[:, :, None]
     if rest:
-        cells[full, :, :, :rest] = pixels[full * cols :].transpose(1, 0, 2, 3)[:, None, :, :, None]
+        cells[full, :, :, :rest] = runs[full * cols :].transpose(1, 0, 2)[:, None]
     layout = GridLayout(n, rows, ncol, tile_h, tile_w, padding, scale)
     return torch.from_numpy(out).permute(2, 0, 1), layout
 

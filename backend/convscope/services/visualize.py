@@ -29,7 +29,7 @@ from convscope.services.gate import ComputeGate
 from convscope.services.images import ImageRecord, ImageStore
 from convscope.services.output import JSON, NPY, PNG, Rendered
 from convscope.services.registry import LoadedModel, ModelRegistry
-from convscope.services.runtime import configure_threads, tune_allocator
+from convscope.services.runtime import configure_threads, freeze_heap, tune_allocator
 from convscope.services.selection import parse_channels
 
 log = logging.getLogger(__name__)
@@ -92,12 +92,18 @@ class Convscope:
     # --- models and layers ------------------------------------------------------------
 
     def load_default(self) -> LoadedModel:
-        model = self.registry.get(self.settings.default_model)
-        for name in self.settings.preload:
-            try:
-                self.registry.get(name)
-            except Exception as exc:
-                log.warning("preloading %s failed: %s", name, exc)
+        """Load the default model and the preloads, then settle the process for serving."""
+        try:
+            model = self.registry.get(self.settings.default_model)
+            for name in self.settings.preload:
+                try:
+                    self.registry.get(name)
+                except Exception as exc:
+                    log.warning("preloading %s failed: %s", name, exc)
+            for name in colormap.COLORMAPS:  # imports matplotlib now, not in the first request
+                colormap.lookup_table(name, colormap.levels(name))
+        finally:  # loaded or not: what is loaded now is frozen and the collector runs again
+            freeze_heap()
         return model
 
     def models(self) -> list[dict[str, Any]]:
@@ -152,20 +158,24 @@ class Convscope:
         scale = scale or auto_scale(kernel, max_scale=self.settings.max_scale)
         self._check_scale(scale)
         indices = picked if picked is not None else list(range(weight.shape[0]))
-        pixels = encode.to_uint8(tiles)
-        if pixels.shape[1] == 1 and colormap_name != "gray":
-            pixels = colormap.apply(pixels[:, 0], colormap_name).transpose(0, 3, 1, 2)
         self._check_grid(len(indices), tiles.shape[-2], tiles.shape[-1], scale, padding)
-        image, layout = grid.tile(
-            torch.from_numpy(pixels), scale=scale, padding=padding, pad_value=background
-        )
+        if tiles.shape[1] == 3:
+            image, layout = grid.tile(
+                torch.from_numpy(encode.to_uint8(tiles)),
+                scale=scale,
+                padding=padding,
+                pad_value=background,
+            )
+            drawn = encode.png(grid.to_pixels(image).numpy())
+        else:
+            drawn, layout = _colour_grid(tiles[:, 0], colormap_name, scale, padding, background)
         headers = {
             "X-Convscope-Grid": layout.header(),
             "X-Convscope-Channels": ",".join(map(str, indices)),
             "X-Convscope-Mode": mode,
         }
         if fmt == "png":
-            return Rendered(encode.png(grid.to_pixels(image).numpy()), PNG, headers)
+            return Rendered(drawn, PNG, headers)
         numel = selected.numel()
         if values and numel > self.settings.max_json_floats:
             raise ResponseTooLargeError(
@@ -313,15 +323,9 @@ class Convscope:
         self._check_scale(scale)
         self._check_grid(len(indices), h, w, scale, view.padding)
         unit = grid.to_unit(selected, view.normalize)
-        pixels = colormap.apply(encode.to_uint8(unit), view.colormap)  # [N, H, W, 3]
-        image, layout = grid.tile(
-            torch.from_numpy(pixels).permute(0, 3, 1, 2),
-            scale=scale,
-            padding=view.padding,
-            pad_value=view.background,
-        )
+        drawn, layout = _colour_grid(unit, view.colormap, scale, view.padding, view.background)
         headers["X-Convscope-Grid"] = layout.header()
-        return Rendered(encode.png(grid.to_pixels(image).numpy()), PNG, headers)
+        return Rendered(drawn, PNG, headers)
 
     def _maps_json(
         self,
@@ -404,6 +408,25 @@ class Convscope:
                 f"{self.settings.max_grid_pixels}; lower scale, pick fewer channels, or use "
                 "format=npy"
             )
+
+
+def _colour_grid(
+    unit: torch.Tensor, name: str, scale: int, padding: int, background: int
+) -> tuple[bytes, grid.GridLayout]:
+    """Maps in [0, 1] (``Tensor[N, H, W]``) as one PNG grid in colormap ``name``.
+
+    Drawn as indices into the colormap (an indexed PNG, or greyscale for ``gray``), so tiling
+    and compression handle one byte per pixel instead of three.
+    """
+    levels = encode.to_uint8(unit, colormap.levels(name))
+    image, layout = grid.tile(
+        torch.from_numpy(levels).unsqueeze(1),
+        scale=scale,
+        padding=padding,
+        pad_value=colormap.pad_index(name, background),
+    )
+    pixels = grid.to_pixels(image).numpy()
+    return encode.png(pixels, palette=colormap.palette(name, background)), layout
 
 
 def _top_classes(model: LoadedModel, logits: torch.Tensor, top: int) -> list[dict[str, Any]]:
