@@ -9,6 +9,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 from convscope.errors import NoActivationError, UnknownLayerError
 from convscope.services.capture import capture
+from convscope.services.hooks import eval_mode
 from convscope.services.registry import LoadedModel
 from convscope.services.visualize import Convscope
 from tests.conftest import DEFAULT, hooks_left
@@ -165,3 +166,21 @@ def test_feature_map_errors(service: Convscope, model, samples) -> None:
     assert service.feature_maps(model, cap, "classifier").shape == (1000, 1, 1)
     with pytest.raises(NoActivationError):
         service.feature_maps(model, cap.__class__({}, cap.logits, cap.input, 0), "blocks.1")
+
+
+def test_eval_mode_restores_training_and_leaves_eval_modules_alone() -> None:
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout())
+    with eval_mode(net):
+        assert not any(m.training for m in net.modules())
+    assert all(m.training for m in net.modules())
+    net.eval()
+    walks: list[bool] = []
+    net.train = lambda mode=True: walks.append(mode)  # type: ignore[method-assign,assignment]
+    with eval_mode(net):
+        assert not any(m.training for m in net.modules())
+    assert walks == []  # an eval module (every served model) is not walked twice per forward
+
+
+def test_capture_keeps_a_served_model_in_eval_mode(service: Convscope, model, samples) -> None:
+    capture(model, _input(service, model, samples["cat"]))
+    assert not any(m.training for m in model.module.modules())

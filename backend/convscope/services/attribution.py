@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from convscope.errors import InvalidParameterError
-from convscope.services.hooks import LayerTap, resolve_layers
+from convscope.services.hooks import LayerTap, eval_mode, resolve_layers
 from convscope.services.transforms import normalize
 
 CamMethod = Literal["gradcam", "gradcampp", "scorecam"]
@@ -79,16 +79,6 @@ def _pick_class(logits: torch.Tensor, class_index: int | None) -> int:
     return class_index
 
 
-@contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
-
-
 def default_cam_layer(module: nn.Module, input_size: tuple[int, int] = (224, 224)) -> str:
     """The last module to finish whose output is spatial, ``[N, C, H, W]`` with H * W > 1.
 
@@ -115,7 +105,7 @@ def default_cam_layer(module: nn.Module, input_size: tuple[int, int] = (224, 224
         for name, sub in module.named_modules():
             if name:
                 handles.append(sub.register_forward_hook(make_hook(name)))
-        with torch.no_grad(), _eval_mode(module):
+        with torch.no_grad(), eval_mode(module):
             module(torch.zeros(1, 3, *input_size, device=_device(module)))
     finally:
         for handle in handles:
@@ -160,7 +150,7 @@ def cam(
         layer = default_cam_layer(module, (height, width))
     resolve_layers(module, [layer], model_name)
     x = normalize(image.to(_device(module), torch.float32).unsqueeze(0), mean, std)
-    with _eval_mode(module), LayerTap(module, [layer], model_name, stop_early=False) as tap:
+    with eval_mode(module), LayerTap(module, [layer], model_name, stop_early=False) as tap:
         with torch.enable_grad():
             # The input requires grad so the layer output has a graph even when the model's
             # parameters are frozen (the registry freezes them).
@@ -301,7 +291,7 @@ def saliency(
         if not 0.0 <= noise <= 1.0:
             raise InvalidParameterError("noise", f"expected 0 <= noise <= 1, got {noise}")
     x = image.to(_device(module), torch.float32).unsqueeze(0)
-    with _eval_mode(module):
+    with eval_mode(module):
         with torch.no_grad():
             index = _pick_class(module(normalize(x, mean, std))[0], class_index)
         if method == "guided":

@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from convscope.services.registry import ROOT_LAYER, LoadedModel
+from convscope.services.hooks import eval_mode
+from convscope.services.registry import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -95,21 +96,17 @@ def _forward(
 
     handles = []
     module = model.module
-    was_training = module.training
     try:
-        for name, sub in module.named_modules():
-            name = name or ROOT_LAYER
+        for name, sub in model.named_modules():
             if wanted is None or name in wanted:
                 handles.append(sub.register_forward_hook(make_hook(name)))
-        module.eval()
         # no_grad rather than inference_mode: inference tensors have no version counter,
         # which both the de-duplication and the in-place detection rely on.
-        with torch.no_grad():
+        with eval_mode(module), torch.no_grad():
             logits = module(x.unsqueeze(0).to(model.device))
     finally:
         for handle in handles:
             handle.remove()
-        module.train(was_training)
     alive.clear()
     changed = {
         name

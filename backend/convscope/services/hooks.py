@@ -9,7 +9,8 @@ after the deepest layer is computed), and removes its hooks on exit, error or no
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
@@ -17,6 +18,24 @@ import torch
 from torch import nn
 
 from convscope.errors import NoActivationError, UnknownLayerError
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Run ``module`` in eval mode, and put it back as it was.
+
+    A module already in eval mode, as every served model is, is left alone: ``eval()`` and
+    ``train()`` each walk every submodule (~1.5 ms apiece for EfficientNet-Lite0's 266), which
+    was a fifth of what a capture added to the plain forward pass.
+    """
+    if not module.training:
+        yield
+        return
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train()
 
 
 class _StopForward(Exception):

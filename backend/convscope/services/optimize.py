@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from convscope.errors import CancelledError, InvalidParameterError
-from convscope.services.hooks import LayerTap, resolve_layers
+from convscope.services.hooks import LayerTap, eval_mode, resolve_layers
 from convscope.services.objectives import Objective, check_objective
 from convscope.services.param import Parametrization, image_param
 from convscope.services.transforms import TransformSettings, normalize, random_transform
@@ -178,10 +178,8 @@ def optimize_images(
     device = _device(module)
     generator = torch.Generator().manual_seed(settings.seed)
     pad = transform.pad if settings.transforms else 0
-    was_training = module.training
     run = _Run(settings.steps, progress, cancel, settings.preview_every)
-    try:
-        module.eval()
+    with eval_mode(module):
         shapes = layer_shapes(module, layers, settings.size + 2 * pad, mean, std, model_name)
         for objective in objectives:
             check_objective(objective, shapes)
@@ -208,8 +206,6 @@ def optimize_images(
                 run.step(lambda: image().detach())
         with torch.no_grad():
             return image().detach()
-    finally:
-        module.train(was_training)
 
 
 def deepdream(
@@ -259,10 +255,8 @@ def deepdream(
         for k in reversed(range(settings.octaves))
     ]
     run = _Run(settings.steps * len(sizes), progress, cancel, settings.preview_every)
-    was_training = module.training
     detail = torch.zeros_like(base)
-    try:
-        module.eval()
+    with eval_mode(module):
         with LayerTap(module, layers, model_name) as tap:
             for size in sizes:
                 octave_base = F.interpolate(
@@ -278,8 +272,6 @@ def deepdream(
         if tuple(x.shape[-2:]) != (height, width):
             x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
         return x[0].clamp(0, 1).detach()
-    finally:
-        module.train(was_training)
 
 
 def _dream_step(

@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +63,10 @@ class LoadedModel:
     def submodule(self, name: str) -> nn.Module:
         self.layer(name)
         return self._modules[name]
+
+    def named_modules(self) -> Iterable[tuple[str, nn.Module]]:
+        """Every module by layer name (the root as ``ROOT_LAYER``), in ``named_modules`` order."""
+        return self._modules.items()
 
 
 def resolve_device(setting: str) -> torch.device:
