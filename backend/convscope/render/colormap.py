@@ -43,7 +43,7 @@ PAD_INDEX = 255
 
 def levels(name: str) -> int:
     """How many levels a map drawn with colormap ``name`` is quantised to (256 or 255)."""
-    return 256 if name == "gray" else PAD_INDEX
+    return 256 if name == "gray" else 255
 
 
 def palette(name: str, background: int) -> npt.NDArray[np.uint8] | None:

@@ -12,7 +12,7 @@ from convscope.render import colormap, encode, grid
 def heatmap_rgb(heat: npt.NDArray[np.floating], cmap: str = "jet") -> npt.NDArray[np.uint8]:
     """Colour ``float[H, W]`` in [0, 1] with matplotlib colormap ``cmap``: ``uint8[H, W, 3]``."""
     levels = np.rint(np.clip(heat, 0.0, 1.0) * 255).astype(np.uint8)
-    return colormap.lookup_table(cmap)[levels]
+    return colormap.apply(levels, cmap)
 
 
 def overlay(
