@@ -13,6 +13,7 @@ export class ImagePicker {
     root.classList.add('keeps-body');
     this.images = null;
     this.key = null;
+    this.selected = null;
     this.file = h('input', {
       id: 'image-file',
       class: 'visually-hidden',
@@ -77,8 +78,15 @@ export class ImagePicker {
     const key = JSON.stringify([images, selected, compare]);
     if (key === this.key) return;
     this.key = key;
-    if (!selected) this.panel.message('empty', 'Pick a sample or upload a photo to see what the network sees in it.');
-    else if (this.panel.status.querySelector('.msg-empty')) this.panel.message(null);
+    // The hint never replaces an error on screen (an upload refused while the list loaded).
+    const showing = this.panel.status.querySelector('.msg');
+    if (!selected && !showing?.classList.contains('msg-error')) {
+      this.panel.message('empty', 'Pick a sample or upload a photo to see what the network sees in it.');
+    } else if (selected && (showing?.classList.contains('msg-empty') || selected !== this.selected)) {
+      this.panel.message(null); // an image is showing: the hint, or an older refusal, is done
+      this.root.classList.remove('has-error');
+    }
+    this.selected = selected;
 
     this.thumbs.replaceChildren(
       ...images.map((image) =>

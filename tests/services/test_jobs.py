@@ -82,9 +82,10 @@ def test_optimisation_job_reports_progress_and_caches_its_result(jobs, model) ->
     assert png.startswith(b"\x89PNG")
     assert jobs.preview_png(first.id).startswith(b"\x89PNG")
 
+    # Done the moment submit returns: nothing ran again (the bound leaves room for a slow CI box).
     start = time.perf_counter()
     again = jobs.submit(key, work, total=settings.steps)
-    assert time.perf_counter() - start < 0.05
+    assert time.perf_counter() - start < 0.5
     assert again.id == first.id and again.state == "done"
     assert jobs.result_png(again.id) == png
 

@@ -247,12 +247,50 @@ def test_bad_file_shows_inline_error(page, base_url, console, shoot):
     text = alert.inner_text()
     assert len(text) > 10 and "{" not in text  # the server's plain-words detail, not raw JSON
     assert "image" in text.lower()
-    assert page.locator(".thumb").count() >= 4  # the picker still works
+    # the picker still works, and the listing (if it lands after the refusal) keeps the alert
+    page.wait_for_function("() => document.querySelectorAll('#images .thumb').length >= 4")
+    assert alert.is_visible()
     assert "image" not in query(page)
     shoot(page, "bad-file")
     assert all(
         "Failed to load resource" in e and ("415" in e or "422" in e) for e in console.errors
     )
+
+
+def test_upload_error_outlives_the_image_listing(page, base_url, console):
+    """An upload refused before the image listing arrives keeps its error on screen.
+
+    The listing is held back until the refusal is shown, then let through: drawing the
+    thumbnails must not replace the error with the "pick a sample" hint.
+    """
+    console.allow("Failed to load resource")
+    held = []
+
+    def hold_listing(route):
+        if route.request.method == "GET":
+            held.append(route)
+        else:
+            route.continue_()
+
+    page.route("**/api/images", hold_listing)
+    open_ui(page, base_url)
+    page.set_input_files(
+        "#image-file",
+        files=[{"name": "junk.png", "mimeType": "image/png", "buffer": b"not an image" * 64}],
+    )
+    alert = page.locator("#images [role='alert']")
+    alert.wait_for()
+    refusal = alert.inner_text()
+    assert held, "the UI asked for the image listing before the upload was refused"
+    assert page.locator(".thumb").count() == 0
+    for route in held:
+        route.continue_()
+    page.wait_for_function("() => document.querySelectorAll('#images .thumb').length >= 4")
+    assert alert.is_visible() and alert.inner_text() == refusal
+    assert "image" not in query(page)
+    pick(page, "cat")  # a picked image ends the refusal's message
+    wait_grid(page)
+    assert page.locator("#images .msg").count() == 0
 
 
 def test_permalink_restores_everything(new_page, base_url):
