@@ -289,6 +289,58 @@ def test_absurd_parameters_are_422_or_404(  # type: ignore[no-untyped-def]
     assert_serving(hard_client)
 
 
+@pytest.mark.parametrize(
+    ("path", "params", "valid"),
+    [
+        ("{M}/images/{cat}/predictions", {"k": "2"}, "expected top"),
+        ("{M}/images/{cat}/activations/conv_stem", {"formt": "npy"}, "format"),
+        ("{M}/layers/conv_stem/filters", {"format": "png", "scal": "4"}, "scale"),
+        ("/api/models", {"verbose": "1"}, "no query parameters"),
+    ],
+    ids=["predictions-k", "activations-typo", "filters-typo", "none-taken"],
+)
+def test_unknown_query_parameter_is_named_not_ignored(  # type: ignore[no-untyped-def]
+    hard_client: TestClient, cat: str, path, params, valid
+) -> None:
+    """A typo would otherwise quietly serve the defaults: 422 names it and what is valid."""
+    url = path.replace("{M}", M).replace("{cat}", cat)
+    response = hard_client.get(url, params=params)
+    unknown = next(k for k in params if k not in ("format",))
+    body = assert_error(response, 422, "invalid_parameter", contains=valid)
+    assert body["detail"].startswith(f"{unknown}: unknown query parameter"), body
+    assert body["parameter"] == unknown
+    # Spelled right, the same request is served.
+    fixed = {k: v for k, v in params.items() if k == "format"}
+    assert hard_client.get(url, params=fixed).status_code == 200
+    assert_serving(hard_client)
+
+
+def test_form_field_sent_in_the_query_is_pointed_to_the_body(hard_client: TestClient) -> None:
+    """The one-shot POST takes ``format`` as a form field: in the query it says so."""
+    image = payloads.encode(payloads.rgb(64, 48), "PNG")
+    response = hard_client.post(
+        f"{M}/activations",
+        params={"format": "npy"},
+        files={"file": ("x.png", image)},
+        data={"layer": "conv_stem"},
+    )
+    assert_error(response, 422, "invalid_parameter", contains="format: a form field")
+    ok = hard_client.post(
+        f"{M}/activations",
+        files={"file": ("x.png", image)},
+        data={"layer": "conv_stem", "format": "npy"},
+    )
+    assert ok.status_code == 200 and ok.content.startswith(b"\x93NUMPY")
+
+
+def test_job_preview_takes_its_cache_busting_version(hard_client: TestClient) -> None:
+    """The UI's preview <img> adds ?v=<version>; it is declared, so not refused."""
+    response = hard_client.get("/api/jobs/nope/preview.png", params={"v": 3})
+    assert_error(response, 404, "unknown_job", contains="nope")
+    bad = hard_client.get("/api/jobs/nope/preview.png", params={"version": 3})
+    assert_error(bad, 422, "invalid_parameter", contains="expected v")
+
+
 def test_huge_json_is_refused_with_a_hint(tight_client: TestClient) -> None:
     client = tight_client
     cat = next(i["id"] for i in client.get("/api/images").json() if i["name"] == "cat")

@@ -11,12 +11,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio.to_thread
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from convscope import __version__
 from convscope.api import errors
+from convscope.api.deps import known_query_only
 from convscope.api.metrics import Metrics, Observe
 from convscope.api.middleware import BodyLimit, SecurityHeaders
 from convscope.api.routes import activations, admin, explain, health, images, models
@@ -97,6 +98,7 @@ def create_app(settings: Settings | None = None, service: Convscope | None = Non
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        dependencies=[Depends(known_query_only)],
     )
     app.state.settings = settings
     app.state.service = service or Convscope(settings)

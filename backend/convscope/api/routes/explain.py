@@ -154,8 +154,16 @@ def result(job_id: str, service: ServiceDep) -> Response:
     response_class=Response,
     responses={**media("png"), 204: {"description": "no preview yet"}},
 )
-def preview(job_id: str, service: ServiceDep) -> Response:
-    """The latest preview while the job runs (204 before the first one)."""
+def preview(
+    job_id: str,
+    service: ServiceDep,
+    v: Annotated[
+        int | None,
+        Query(ge=0, description="the job's version: a distinct URL per preview for caches"),
+    ] = None,
+) -> Response:
+    """The latest preview while the job runs (204 before the first one). ``v`` is ignored."""
+    del v  # only there so that each preview's URL differs (the UI's <img> reloads)
     data = service.explain.jobs.preview_png(job_id)
     if data is None:
         return Response(status_code=204)
