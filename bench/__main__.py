@@ -26,7 +26,7 @@ from bench.floor import Reference
 from bench.server import running_server
 from bench.table import Row, median, percentile, render
 from convscope.config import Settings
-from convscope.services.runtime import available_cpus
+from convscope.services.compute.runtime import available_cpus
 
 log = logging.getLogger("bench")
 MIB = 1024**2

@@ -20,8 +20,8 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from bench.table import Row, median
 from convscope.config import Settings
-from convscope.services import attribution
-from convscope.services.registry import ModelRegistry
+from convscope.services.attribution import methods as attribution
+from convscope.services.models.registry import ModelRegistry
 
 LAYER = "bn2"
 
@@ -44,7 +44,7 @@ def cam_rows(data_dir: Path, runs: int = 10) -> list[Row]:
     model = registry.get("efficientnet_lite0")
     pre = model.spec.preprocessing
     view = pre.view(Image.fromarray(data.chelsea()))
-    x = pre.normalize(view)[None]
+    x = pre.standardize(view)[None]
     reference = copy.deepcopy(model.module).requires_grad_(True).eval()
     target_layer = reference.get_submodule(LAYER)
     class_index = int(model.module(x).argmax())

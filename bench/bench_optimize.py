@@ -25,9 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from convscope.services.objectives import Objective
-from convscope.services.optimize import OptimizeSettings, optimize_images
-from convscope.services.transforms import TransformSettings, normalize, random_transform
+from convscope.services.models.preprocess import standardize
+from convscope.services.optvis.objectives import Objective
+from convscope.services.optvis.optimize import OptimizeSettings, optimize_images
+from convscope.services.optvis.transforms import TransformSettings, random_transform
 
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
@@ -63,7 +64,7 @@ def robust_activation(
     module = dict(model.named_modules())[layer]
     handle = module.register_forward_hook(lambda _m, _i, o: out.__setitem__("x", o))
     try:
-        model(normalize(warped, MEAN, STD))
+        model(standardize(warped, MEAN, STD))
     finally:
         handle.remove()
     return float(out["x"][:, channel].mean())

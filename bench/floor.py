@@ -23,7 +23,7 @@ from PIL import Image
 from torch import nn
 from torchvision.utils import make_grid
 
-from convscope.services.sources import embedded_spec
+from convscope.services.models.sources import embedded_spec
 
 PngEncoder = Callable[[np.ndarray], bytes]
 # convscope quantises a colour grid to 255 levels (its PNG palette keeps one entry for the

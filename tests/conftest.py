@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from convscope.config import Settings
-from convscope.services.visualize import Convscope
+from convscope.services.facade import Convscope
 
 DEFAULT = "efficientnet_lite0"
 

@@ -13,13 +13,13 @@ from convscope.config import Settings
 from convscope.errors import ConvscopeError
 
 if TYPE_CHECKING:
-    from convscope.services.visualize import Convscope
+    from convscope.services.facade import Convscope
 
 log = logging.getLogger("convscope")
 
 
 def _service(settings: Settings) -> Convscope:
-    from convscope.services.visualize import Convscope
+    from convscope.services.facade import Convscope
 
     return Convscope(settings)
 
@@ -74,17 +74,17 @@ def _format(path: Path) -> Literal["png", "json", "npy"]:
 
 
 def cmd_filters(args: argparse.Namespace, settings: Settings) -> int:
-    from convscope.services.filters import FilterView
+    from convscope.services.facade import FilterGrid, FilterView
 
     view = FilterView(normalize=args.normalize, input_channel=args.input_channel)
     rendered = _service(settings).filters(
-        args.model, args.layer, _format(args.output), view, scale=args.scale
+        args.model, args.layer, _format(args.output), view, FilterGrid(scale=args.scale)
     )
     return _write(args.output, rendered.content)
 
 
 def cmd_activations(args: argparse.Namespace, settings: Settings) -> int:
-    from convscope.services.visualize import MapView
+    from convscope.services.facade import MapView
 
     service = _service(settings)
     view = MapView(
@@ -115,8 +115,8 @@ def _image_id(service: Convscope, image: str) -> str:
 
 
 def cmd_optimize(args: argparse.Namespace, settings: Settings) -> int:
-    from convscope.services.explain import OptimizeRequest
-    from convscope.services.optimize import OptimizeSettings
+    from convscope.services.optvis.optimize import OptimizeSettings
+    from convscope.services.optvis.runs import OptimizeRequest
 
     request = OptimizeRequest(
         layer=args.layer,
@@ -132,7 +132,7 @@ def cmd_optimize(args: argparse.Namespace, settings: Settings) -> int:
         if step == total or step % max(1, total // 10) == 0:
             sys.stderr.write(f"step {step}/{total}\n")
 
-    png = _service(settings).explain.optimize_now(args.model, request, progress)
+    png = _service(settings).optimize_now(args.model, request, progress)
     return _write(args.output, png)
 
 
@@ -141,7 +141,7 @@ def cmd_cam(args: argparse.Namespace, settings: Settings) -> int:
     image_id = _image_id(service, args.image)
     fmt = _format(args.output)
     if args.saliency:
-        rendered = service.explain.saliency(
+        rendered = service.saliency(
             args.model,
             image_id,
             method=args.saliency,
@@ -152,7 +152,7 @@ def cmd_cam(args: argparse.Namespace, settings: Settings) -> int:
             seed=0,
         )
     else:
-        rendered = service.explain.cam(
+        rendered = service.cam(
             args.model,
             image_id,
             layer=args.layer,

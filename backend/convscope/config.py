@@ -141,3 +141,8 @@ class Settings(BaseSettings):
         if self.models_dir is None:
             self.models_dir = self.data_dir / "models"
         return self
+
+    @property
+    def models_path(self) -> Path:
+        """``models_dir`` as set or defaulted by the validator, typed as a plain ``Path``."""
+        return self.models_dir or self.data_dir / "models"

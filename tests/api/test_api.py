@@ -15,7 +15,7 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from convscope.services.visualize import Convscope
+from convscope.services.facade import Convscope
 from tests.conftest import DEFAULT, png_bytes
 
 M = f"/api/models/{DEFAULT}"

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from convscope.config import Settings
-from convscope.services.visualize import Convscope
+from convscope.services.facade import Convscope
 
 TOKEN = "hardening-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

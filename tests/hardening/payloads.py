@@ -90,7 +90,7 @@ PDF = b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\ntrailer<</Root 1 0
 
 
 def weights_state(seed: int = 0) -> dict[str, torch.Tensor]:
-    from convscope.services.sources import build_architecture
+    from convscope.services.models.sources import build_architecture
 
     torch.manual_seed(seed)
     model = build_architecture(UPLOAD_ARCH, UPLOAD_CLASSES)

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from convscope.config import Settings
-from convscope.services.visualize import Convscope
+from convscope.services.facade import Convscope
 from tests.hardening import payloads
 from tests.hardening.conftest import assert_error, assert_serving, wait_ready
 

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from convscope.config import Settings
 from convscope.errors import ModelUnavailableError
-from convscope.services.visualize import Convscope
+from convscope.services.facade import Convscope
 from tests.hardening import payloads
 from tests.hardening.conftest import AUTH, assert_error, assert_serving, wait_ready
 
@@ -219,7 +219,7 @@ def test_a_pickle_posing_as_weights_is_never_executed(
 
 def test_a_pickle_in_the_models_folder_is_never_executed(tmp_path: Path) -> None:
     """An operator-provided folder whose 'safetensors' file is a pickle: failed, not run."""
-    from convscope.services.registry import ModelRegistry
+    from convscope.services.models.registry import ModelRegistry
 
     sentinel = tmp_path / "executed.txt"
     models = tmp_path / "models"
@@ -248,7 +248,7 @@ def test_corrupt_or_missing_weights_fail_one_model_only(
     folder = hard_settings.models_dir
     (folder / ids[0] / "model.safetensors").write_bytes(good_weights[:5000])  # type: ignore[operator]
     (folder / ids[1] / "model.safetensors").unlink()  # type: ignore[operator]
-    hard_service.registry.refresh()
+    hard_service.refresh_models()
     for name in ids:
         response = hard_client.get(f"/api/models/{name}/layers")
         assert_error(response, 503, "model_unavailable")
@@ -296,7 +296,7 @@ def test_operator_models_are_not_deletable(
     folder.mkdir()
     save_file(payloads.weights_state(), str(folder / "model.safetensors"))
     (folder / "manifest.json").write_text(json.dumps(payloads.manifest(name="operator_net")))
-    hard_service.registry.refresh()
+    hard_service.refresh_models()
     assert hard_client.get("/api/models/operator_net").status_code == 200
     assert_error(
         hard_client.delete("/api/models/operator_net", headers=AUTH), 409, "model_not_deletable"

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from convscope.api.logs import JsonFormatter, KeyValueFormatter, RequestIdFilter
 from convscope.config import Settings
-from convscope.services.visualize import Convscope
+from convscope.services.facade import Convscope
 from tests.hardening.conftest import wait_ready
 
 

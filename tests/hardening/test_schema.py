@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from convscope.config import Settings
-from convscope.services.visualize import Convscope
+from convscope.services.facade import Convscope
 from tests.hardening.conftest import AUTH
 
 MAX_EXAMPLES = 15

@@ -9,11 +9,13 @@ import pytest
 import torch
 from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, ScoreCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
 
 from convscope.errors import InvalidParameterError, UnknownLayerError
 from convscope.render.overlay import heatmap_rgb, overlay
-from convscope.services.attribution import cam, default_cam_layer, saliency
-from convscope.services.transforms import normalize
+from convscope.services.attribution.methods import cam, saliency
+from convscope.services.models.layers import default_cam_layer, trace_layers
+from convscope.services.models.preprocess import standardize
 from tests.conftest import hooks_left
 
 EGYPTIAN_CAT, TABBY, ESPRESSO = 285, 281, 967
@@ -44,14 +46,24 @@ def _reference(
     index: int,
 ) -> np.ndarray:
     pre = model.spec.preprocessing
-    x = normalize(image[None], pre.mean, pre.std)
+    x = standardize(image[None], pre.mean, pre.std)
     with REFERENCE.get(method, ScoreCAM)(module, [module.get_submodule(layer)]) as ref:
         return ref(input_tensor=x, targets=[ClassifierOutputTarget(index)])[0]
 
 
 def test_default_layer_is_the_last_feature_map(model) -> None:  # type: ignore[no-untyped-def]
-    assert default_cam_layer(model.module) == "bn2"
+    # Read from the layer table traced at load: no forward pass, no hooks.
+    assert model.cam_layer == "bn2"
     assert hooks_left(model.module) == 0
+
+
+def test_default_layer_of_torchvision_and_plain_nets() -> None:
+    from torchvision.models import resnet18
+
+    net = resnet18(weights=None, num_classes=10).eval()
+    assert default_cam_layer(trace_layers(net, (64, 64))) == "layer4"
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2))
+    assert default_cam_layer(trace_layers(flat, (8, 8))) is None
 
 
 @pytest.mark.parametrize("method", ["gradcam", "gradcampp"])
@@ -89,8 +101,8 @@ def test_score_cam_agrees_with_pytorch_grad_cam(model, unfrozen, cat) -> None:  
 
 def test_cam_for_another_class_differs(model, cat) -> None:  # type: ignore[no-untyped-def]
     pre = model.spec.preprocessing
-    a = cam(model.module, cat, pre.mean, pre.std, class_index=EGYPTIAN_CAT)
-    b = cam(model.module, cat, pre.mean, pre.std, class_index=ESPRESSO)
+    a = cam(model.module, cat, pre.mean, pre.std, layer="bn2", class_index=EGYPTIAN_CAT)
+    b = cam(model.module, cat, pre.mean, pre.std, layer="bn2", class_index=ESPRESSO)
     assert a.layer == "bn2" and b.class_index == ESPRESSO
     assert not torch.allclose(a.heatmap, b.heatmap, atol=0.05)
 
@@ -100,11 +112,9 @@ def test_cam_errors(model, cat) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(UnknownLayerError):
         cam(model.module, cat, pre.mean, pre.std, layer="nope")
     with pytest.raises(InvalidParameterError, match="0 <= class_index < 1000"):
-        cam(model.module, cat, pre.mean, pre.std, class_index=1000)
+        cam(model.module, cat, pre.mean, pre.std, layer="bn2", class_index=1000)
     with pytest.raises(InvalidParameterError, match=r"spatial output.*\[1000\]"):
         cam(model.module, cat, pre.mean, pre.std, layer="classifier")
-    with pytest.raises(InvalidParameterError, match="gradcampp"):
-        cam(model.module, cat, pre.mean, pre.std, method="gradcam++")  # type: ignore[arg-type]
     assert hooks_left(model.module) == 0 and not model.module.training
 
 
@@ -112,7 +122,7 @@ def test_vanilla_gradient_matches_autograd(model, cat) -> None:  # type: ignore[
     pre = model.spec.preprocessing
     result = saliency(model.module, cat, pre.mean, pre.std, method="vanilla")
     leaf = cat[None].clone().requires_grad_(True)
-    model.module(normalize(leaf, pre.mean, pre.std))[0, result.class_index].backward()
+    model.module(standardize(leaf, pre.mean, pre.std))[0, result.class_index].backward()
     torch.testing.assert_close(result.gradient, leaf.grad[0])
     torch.testing.assert_close(result.saliency, leaf.grad[0].abs().amax(0))
     assert result.class_index in CATS

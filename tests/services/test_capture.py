@@ -8,10 +8,11 @@ from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from convscope.errors import NoActivationError, UnknownLayerError
-from convscope.services.capture import capture
-from convscope.services.hooks import eval_mode
-from convscope.services.registry import LoadedModel
-from convscope.services.visualize import Convscope
+from convscope.services.facade import Convscope
+from convscope.services.inspection.capture import capture
+from convscope.services.inspection.maps import feature_maps
+from convscope.services.models.hooks import eval_mode
+from convscope.services.models.registry import LoadedModel
 from tests.conftest import DEFAULT, hooks_left
 
 LAYERS = [
@@ -51,7 +52,7 @@ def test_captured_maps_equal_a_plain_hooked_forward(service: Convscope, model, s
 def test_captured_maps_equal_torchvision_feature_extractor(service: Convscope, samples) -> None:
     """resnet-style model built by torchvision: compare with create_feature_extractor."""
     from convscope.config import Settings
-    from convscope.services.registry import ModelRegistry
+    from convscope.services.models.registry import ModelRegistry
 
     registry = ModelRegistry(Settings(data_dir=service.settings.data_dir, untrained_models=True))
     model = registry.get("resnet18-untrained")
@@ -73,7 +74,7 @@ def test_captured_maps_equal_torchvision_feature_extractor(service: Convscope, s
 
 def test_inplace_relu_does_not_overwrite_the_conv_output(service: Convscope, samples) -> None:
     from convscope.config import Settings
-    from convscope.services.registry import ModelRegistry
+    from convscope.services.models.registry import ModelRegistry
 
     registry = ModelRegistry(Settings(data_dir=service.settings.data_dir, untrained_models=True))
     model = registry.get("alexnet-untrained")
@@ -111,9 +112,9 @@ def test_one_forward_pass_per_image_then_layer_switches_are_free(
     calls = []
     handle = model.module.register_forward_pre_hook(lambda *_: calls.append(1))
     try:
-        service.captures.clear()
-        service.rendered.clear()
-        from convscope.services.visualize import MapView
+        service.inspector.captures.clear()
+        service.inspector.rendered.clear()
+        from convscope.services.facade import MapView
 
         for layer in ["conv_stem", "blocks.1", "blocks.3.0.conv_pw", "conv_head"]:
             service.activations(DEFAULT, samples["rocket"], layer, "png", MapView())
@@ -162,10 +163,10 @@ def test_layers_are_in_forward_order_with_shapes(model) -> None:
 def test_feature_map_errors(service: Convscope, model, samples) -> None:
     with pytest.raises(UnknownLayerError, match="/api/models/efficientnet_lite0/layers"):
         service.channel_stats(DEFAULT, samples["cat"], "blocks.99", 3)
-    cap = service.capture(model, samples["cat"])
-    assert service.feature_maps(model, cap, "classifier").shape == (1000, 1, 1)
+    cap = service.inspector.capture(model, samples["cat"])
+    assert feature_maps(model, cap, "classifier").shape == (1000, 1, 1)
     with pytest.raises(NoActivationError):
-        service.feature_maps(model, cap.__class__({}, cap.logits, cap.input, 0), "blocks.1")
+        feature_maps(model, cap.__class__({}, cap.logits, 0), "blocks.1")
 
 
 def test_eval_mode_restores_training_and_leaves_eval_modules_alone() -> None:

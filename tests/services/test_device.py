@@ -10,10 +10,10 @@ import torch
 
 from convscope.config import Settings
 from convscope.errors import ConvscopeError
-from convscope.services.capture import capture
-from convscope.services.registry import ModelRegistry, resolve_device
-from convscope.services.runtime import available_cpus, cgroup_cpu_limit, configure_threads
-from convscope.services.visualize import Convscope
+from convscope.services.compute.runtime import available_cpus, cgroup_cpu_limit, configure_threads
+from convscope.services.facade import Convscope
+from convscope.services.inspection.capture import capture
+from convscope.services.models.registry import ModelRegistry, resolve_device
 from tests.conftest import DEFAULT
 
 

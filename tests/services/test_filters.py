@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from convscope.errors import InvalidParameterError, NotAConvLayerError
-from convscope.services.filters import FilterView, auto_scale, conv_weight, filter_tiles
-from convscope.services.visualize import Convscope
+from convscope.services.facade import Convscope
+from convscope.services.inspection.filters import FilterView, auto_scale, conv_weight, filter_tiles
 from tests.conftest import DEFAULT
 
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from convscope.errors import ImageTooLargeError, InvalidImageError, UnknownImageError
-from convscope.services.images import ImageStore, decode
+from convscope.services.storage.images import ImageStore, decode
 from tests.conftest import png_bytes
 
 

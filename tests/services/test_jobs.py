@@ -12,9 +12,9 @@ import torch
 
 from convscope.errors import InvalidParameterError, JobNotFinishedError, OverloadedError
 from convscope.render.overlay import images_png
-from convscope.services.jobs import JobContext, JobManager, JobStatus, cache_key
-from convscope.services.objectives import Objective
-from convscope.services.optimize import OptimizeSettings, optimize_images
+from convscope.services.compute.jobs import JobContext, JobManager, JobStatus, cache_key
+from convscope.services.optvis.objectives import Objective
+from convscope.services.optvis.optimize import OptimizeSettings, optimize_images
 
 
 @pytest.fixture

@@ -9,16 +9,17 @@ import torch
 
 from convscope.errors import CancelledError, InvalidParameterError, UnknownLayerError
 from convscope.render.overlay import images_png
-from convscope.services.objectives import Objective, parse_objective
-from convscope.services.optimize import (
+from convscope.services.models.preprocess import standardize
+from convscope.services.optvis.objectives import Objective, parse_objective
+from convscope.services.optvis.optimize import (
     DreamSettings,
     Limits,
     OptimizeSettings,
     deepdream,
     optimize_images,
 )
-from convscope.services.param import image_param
-from convscope.services.transforms import TransformSettings, normalize, random_transform
+from convscope.services.optvis.param import image_param
+from convscope.services.optvis.transforms import TransformSettings, random_transform
 from tests.conftest import hooks_left
 
 LAYER = "blocks.2.1.conv_pwl"  # 40 channels at 1/8 resolution: quick to reach
@@ -40,7 +41,7 @@ def channel_means(net, images: torch.Tensor, layer: str) -> torch.Tensor:  # typ
     )
     try:
         with torch.no_grad():
-            module(normalize(images, mean, std))
+            module(standardize(images, mean, std))
     finally:
         handle.remove()
     return seen[0].mean(dim=(2, 3))
@@ -211,7 +212,7 @@ def test_deepdream_raises_the_layer_norm_and_keeps_the_input(net) -> None:  # ty
         h = net[0].get_submodule("blocks.3").register_forward_hook(lambda _m, _i, o: seen.append(o))
         try:
             with torch.no_grad():
-                net[0](normalize(x[None], net[1], net[2]))
+                net[0](standardize(x[None], net[1], net[2]))
         finally:
             h.remove()
         return float(seen[0].square().mean())

@@ -11,9 +11,9 @@ from torchvision.models import get_model
 
 from convscope.config import Settings
 from convscope.errors import InvalidModelFileError, ModelUnavailableError, UnknownModelError
-from convscope.services import sources
-from convscope.services.registry import ModelRegistry
-from convscope.services.visualize import Convscope
+from convscope.services.facade import Convscope
+from convscope.services.models import sources
+from convscope.services.models.registry import ModelRegistry
 from tests.conftest import DEFAULT, hooks_left
 
 

@@ -23,8 +23,7 @@ from convscope.api.middleware import BodyLimit, SecurityHeaders
 from convscope.api.routes import activations, admin, explain, health, images, models
 from convscope.api.routes import metrics as metrics_route
 from convscope.config import Settings
-from convscope.services.model_store import ModelStore
-from convscope.services.visualize import Convscope
+from convscope.services.facade import Convscope
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +45,16 @@ def _load_default(app: FastAPI) -> None:
         app.state.load_error = str(getattr(exc, "detail", exc))
 
 
-def _models_stamp(folder: Path | None) -> int:
+def _models_stamp(folder: Path) -> int:
     try:
-        return folder.stat().st_mtime_ns if folder is not None else 0
+        return folder.stat().st_mtime_ns
     except OSError:
         return 0
 
 
 async def _poll_models(app: FastAPI, seconds: float) -> None:
     """Refresh the registry when the shared models folder changes (another replica's upload)."""
-    folder = app.state.settings.models_dir
+    folder = app.state.settings.models_path
     seen = _models_stamp(folder)
     while True:
         await asyncio.sleep(seconds)
@@ -63,7 +62,7 @@ async def _poll_models(app: FastAPI, seconds: float) -> None:
         if stamp != seen:
             seen = stamp
             try:
-                await anyio.to_thread.run_sync(app.state.service.registry.refresh)
+                await anyio.to_thread.run_sync(app.state.service.refresh_models)
             except Exception:
                 log.exception("refreshing the model list failed")
 
@@ -84,7 +83,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if settings.models_poll_seconds > 0:
         poller = asyncio.create_task(_poll_models(app, settings.models_poll_seconds))
     yield
-    app.state.service.explain.shutdown()
+    app.state.service.shutdown()
     if poller is not None:
         poller.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -104,17 +103,6 @@ def create_app(settings: Settings | None = None, service: Convscope | None = Non
     app.state.service = service or Convscope(settings)
     app.state.ready = threading.Event()
     app.state.load_error = None
-    service = app.state.service
-    # The folder the service's registry reads, and the service's limits: one source of truth.
-    stored = service.settings
-    app.state.model_store = ModelStore(
-        stored.models_dir or stored.data_dir / "models",
-        architectures=stored.model_upload_architectures,
-        max_bytes=stored.max_model_upload_bytes,
-        max_classes=stored.max_num_classes,
-        compute_slot=service.gate.slot,
-        on_change=service.registry.refresh,
-    )
     app.state.metrics = Metrics(app.state)
     errors.install(app)
     for router in (health.router, models.router, images.router, activations.router, explain.router):

@@ -9,7 +9,7 @@ from fastapi.routing import APIRoute
 
 from convscope.config import Settings
 from convscope.errors import InvalidParameterError
-from convscope.services.visualize import Convscope
+from convscope.services.facade import Convscope
 
 
 def get_service(request: Request) -> Convscope:

@@ -72,14 +72,21 @@ class _ServiceCollector(Collector):
         self.metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
-        service = self.state.service
-        gate = service.gate
-        yield _gauge("convscope_compute_running", "Model computations running now.", gate.running)
+        stats = self.state.service.stats()
         yield _gauge(
-            "convscope_compute_queued", "Model computations waiting for a slot.", gate.waiting
+            "convscope_compute_running", "Model computations running now.", stats.compute_running
         )
-        yield _gauge("convscope_compute_slots", "CONVSCOPE_MAX_CONCURRENT_COMPUTE.", gate.slots)
-        yield _gauge("convscope_compute_queue_limit", "CONVSCOPE_MAX_QUEUE.", gate.queue)
+        yield _gauge(
+            "convscope_compute_queued",
+            "Model computations waiting for a slot.",
+            stats.compute_queued,
+        )
+        yield _gauge(
+            "convscope_compute_slots", "CONVSCOPE_MAX_CONCURRENT_COMPUTE.", stats.compute_slots
+        )
+        yield _gauge(
+            "convscope_compute_queue_limit", "CONVSCOPE_MAX_QUEUE.", stats.compute_queue_limit
+        )
         yield _gauge(
             "convscope_admitted_requests",
             "Threadpool requests in progress (limit CONVSCOPE_MAX_INFLIGHT_REQUESTS).",
@@ -92,32 +99,28 @@ class _ServiceCollector(Collector):
             labels=["stage"],
         )
         rejected.add_metric(["admission"], self.metrics.admission_rejected)
-        rejected.add_metric(["compute"], gate.rejected)
+        rejected.add_metric(["compute"], stats.compute_rejected)
         yield rejected
         hits = CounterMetricFamily("convscope_cache_hits", "Cache hits.", labels=["cache"])
         misses = CounterMetricFamily(
             "convscope_cache_misses", "Cache misses (values computed).", labels=["cache"]
         )
         size = GaugeMetricFamily("convscope_cache_bytes", "Bytes held.", labels=["cache"])
-        for name, cache in (("activations", service.captures), ("render", service.rendered)):
+        for name, cache in stats.caches.items():
             hits.add_metric([name], cache.hits)
             misses.add_metric([name], cache.misses)
             size.add_metric([name], cache.bytes)
         yield from (hits, misses, size)
-        registry = service.registry
         failures = CounterMetricFamily(
             "convscope_model_load_failures", "Model loads that failed since start."
         )
-        failures.add_metric([], getattr(registry, "load_failures", 0))
+        failures.add_metric([], stats.model_load_failures)
         yield failures
-        models = service.models()
-        yield _gauge(
-            "convscope_models_loaded", "Models in memory.", sum(m["loaded"] for m in models)
-        )
+        yield _gauge("convscope_models_loaded", "Models in memory.", stats.models_loaded)
         yield _gauge(
             "convscope_models_unavailable",
             "Listed models that cannot be served (missing weights, broken files).",
-            sum(not m["available"] for m in models),
+            stats.models_unavailable,
         )
         ready = self.state.ready.is_set()
         yield _gauge("convscope_ready", "1 once the default model is loaded.", ready)

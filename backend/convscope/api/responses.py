@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import Response
 
-from convscope.services.visualize import Rendered
+from convscope.services.rendered import Rendered
 
 ERROR_SCHEMA = {
     "type": "object",

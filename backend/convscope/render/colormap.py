@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from functools import cache
-from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
-Colormap = Literal["gray", "viridis", "magma", "inferno", "plasma", "cividis", "coolwarm"]
 COLORMAPS: tuple[str, ...] = (
     "gray",
     "viridis",

@@ -69,7 +69,7 @@ def symmetric_unit(weights: torch.Tensor, mode: Literal["filter", "layer"]) -> t
     return (w / (2 * peak) + 0.5).clamp_(0.0, 1.0)
 
 
-def default_nrow(count: int, tile_height: int, tile_width: int) -> int:
+def default_ncol(count: int, tile_height: int, tile_width: int) -> int:
     """Columns for a roughly 4:3 landscape grid of ``count`` tiles."""
     cols = math.ceil(math.sqrt(count * 4 / 3 * tile_height / max(tile_width, 1)))
     return max(1, min(count, cols))
@@ -94,7 +94,7 @@ def tile(
     """
     n, channels, h, w = images.shape
     tile_h, tile_w = h * scale, w * scale
-    ncol = ncol or default_nrow(n, tile_h, tile_w)
+    ncol = ncol or default_ncol(n, tile_h, tile_w)
     if n == 1:  # like make_grid: a lone image as it is, without padding
         padding = 0
     cols = min(ncol, n)

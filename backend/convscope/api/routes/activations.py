@@ -11,7 +11,7 @@ from convscope.api.responses import ERRORS, media, send
 from convscope.api.routes.images import ImageId, read_upload
 from convscope.api.schemas import ChannelsOut, PredictionOut
 from convscope.render.colormap import COLORMAPS
-from convscope.services.visualize import MapView
+from convscope.services.facade import MapView
 
 router = APIRouter(prefix="/api/models/{model}", tags=["activations"])
 

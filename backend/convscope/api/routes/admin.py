@@ -14,10 +14,10 @@ from fastapi import APIRouter, Depends, Path, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from convscope.api.deps import ServiceDep
 from convscope.api.responses import ERROR_SCHEMA
 from convscope.api.schemas import ModelOut
 from convscope.errors import InvalidParameterError, ModelUploadDisabledError, UnauthorizedError
-from convscope.services.model_store import ModelStore
 
 router = APIRouter(prefix="/api/models", tags=["models"])
 
@@ -35,11 +35,6 @@ async def require_token(request: Request) -> None:
         raise UnauthorizedError()
 
 
-async def get_store(request: Request) -> ModelStore:
-    return request.app.state.model_store
-
-
-StoreDep = Annotated[ModelStore, Depends(get_store)]
 Authorized = [Depends(require_token)]
 
 
@@ -77,10 +72,6 @@ AUTH_ERRORS: dict[int | str, Any] = {
 }
 
 
-def _entry(request: Request, name: str) -> dict[str, object]:
-    return next(m for m in request.app.state.service.models() if m["name"] == name)
-
-
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
@@ -98,7 +89,9 @@ def _entry(request: Request, name: str) -> dict[str, object]:
         503: _error("models folder not writable, or server busy (see Retry-After)"),
     },
 )
-async def upload_model(request: Request, store: StoreDep, response: Response) -> dict[str, object]:
+async def upload_model(
+    request: Request, service: ServiceDep, response: Response
+) -> dict[str, object]:
     """Add a model: a .safetensors file and a JSON manifest. The server chooses its name."""
     form = await request.form(max_files=1, max_fields=4, max_part_size=MAX_MANIFEST_BYTES)
     try:
@@ -115,11 +108,13 @@ async def upload_model(request: Request, store: StoreDep, response: Response) ->
             manifest = json.loads(manifest_text)
         except ValueError as exc:
             raise InvalidParameterError("manifest", f"not valid JSON: {exc}") from None
-        name = await run_in_threadpool(store.add, weights.file, weights.filename or "", manifest)
+        name = await run_in_threadpool(
+            service.add_model, weights.file, weights.filename or "", manifest
+        )
     finally:
         await form.close()
     response.headers["Location"] = f"/api/models/{name}"
-    return _entry(request, name)
+    return await run_in_threadpool(service.model_entry, name)
 
 
 @router.delete(
@@ -136,10 +131,8 @@ async def upload_model(request: Request, store: StoreDep, response: Response) ->
 )
 async def delete_model(
     model: Annotated[str, Path(max_length=200, description="an uploaded model's name")],
-    request: Request,
-    store: StoreDep,
+    service: ServiceDep,
 ) -> Response:
     """Delete an uploaded model (atomically: it is listed, or gone)."""
-    listed = {m["name"]: m["source"] for m in request.app.state.service.models()}
-    await run_in_threadpool(store.delete, model, listed.get(model))
+    await run_in_threadpool(service.delete_model, model)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -14,8 +14,8 @@ from pydantic import BaseModel, Field
 from convscope.api.deps import ServiceDep
 from convscope.api.responses import ERRORS, media, send
 from convscope.api.routes.images import ImageId
-from convscope.services.explain import OptimizeRequest
-from convscope.services.optimize import DreamSettings, OptimizeSettings
+from convscope.services.optvis.optimize import DreamSettings, OptimizeSettings
+from convscope.services.optvis.runs import OptimizeRequest
 
 router = APIRouter(tags=["feature visualisation and attribution"])
 
@@ -102,7 +102,7 @@ def optimize(model: str, body: OptimizeIn, service: ServiceDep, response: Respon
         body.negative,
         settings,
     )
-    return _job_response(service.explain.optimize(model, request).as_dict(), response)
+    return _job_response(service.optimize(model, request).as_dict(), response)
 
 
 @router.post(
@@ -123,27 +123,27 @@ def dream(
         jitter=body.jitter,
         seed=body.seed,
     )
-    job = service.explain.deepdream(model, image_id, body.layer, settings)
+    job = service.deepdream(model, image_id, body.layer, settings)
     return _job_response(job.as_dict(), response)
 
 
 @router.get("/api/jobs/{job_id}", response_model=JobOut, responses=ERRORS)
 def job(job_id: str, service: ServiceDep) -> dict:
     """A job's state, progress (step of total) and queue position."""
-    return service.explain.jobs.status(job_id).as_dict()
+    return service.job(job_id).as_dict()
 
 
 @router.delete("/api/jobs/{job_id}", response_model=JobOut, responses=ERRORS)
 def cancel(job_id: str, service: ServiceDep) -> dict:
     """Cancel a queued or running job."""
-    return service.explain.jobs.cancel(job_id).as_dict()
+    return service.cancel_job(job_id).as_dict()
 
 
 @router.get("/api/jobs/{job_id}/result.png", response_class=Response, responses=media("png"))
 def result(job_id: str, service: ServiceDep) -> Response:
     """The finished image (409 while the job is not done)."""
     return Response(
-        service.explain.jobs.result_png(job_id),
+        service.job_result(job_id),
         media_type="image/png",
         headers={"Cache-Control": "public, max-age=31536000, immutable"},
     )
@@ -164,7 +164,7 @@ def preview(
 ) -> Response:
     """The latest preview while the job runs (204 before the first one). ``v`` is ignored."""
     del v  # only there so that each preview's URL differs (the UI's <img> reloads)
-    data = service.explain.jobs.preview_png(job_id)
+    data = service.job_preview(job_id)
     if data is None:
         return Response(status_code=204)
     return Response(data, media_type="image/png", headers={"Cache-Control": "no-store"})
@@ -180,8 +180,7 @@ def preview(
 )
 async def events(job_id: str, request: Request, service: ServiceDep) -> StreamingResponse:
     """Server-sent events: one ``progress`` event per change, then ``end``."""
-    jobs = service.explain.jobs
-    first = await anyio.to_thread.run_sync(jobs.status, job_id)  # 404 before streaming
+    first = await anyio.to_thread.run_sync(service.job, job_id)  # 404 before streaming
 
     async def stream() -> AsyncIterator[bytes]:
         status_now = first
@@ -195,7 +194,7 @@ async def events(job_id: str, request: Request, service: ServiceDep) -> Streamin
                 return
             if await request.is_disconnected():
                 return
-            status_now = await anyio.to_thread.run_sync(jobs.wait_for_update, job_id, version, 10.0)
+            status_now = await anyio.to_thread.run_sync(service.job_update, job_id, version, 10.0)
             if status_now.version == version:
                 yield b": keep-alive\n\n"
 
@@ -222,7 +221,7 @@ def class_activation_map(
     alpha: Annotated[float, Query(ge=0, le=1, description="heatmap opacity (PNG)")] = 0.5,
 ) -> Response:
     """Grad-CAM / Grad-CAM++ / Score-CAM: overlay PNG, heatmap NPY [H, W] or JSON (raw cam)."""
-    rendered = service.explain.cam(
+    rendered = service.cam(
         model,
         image_id,
         layer=layer,
@@ -251,7 +250,7 @@ def saliency_map(
     seed: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> Response:
     """Saliency: vanilla gradient, SmoothGrad or guided backprop, as PNG or NPY [H, W]."""
-    rendered = service.explain.saliency(
+    rendered = service.saliency(
         model,
         image_id,
         method=method,

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query, Response
 from convscope.api.deps import ServiceDep
 from convscope.api.responses import ERRORS, media, send
 from convscope.api.schemas import LayerOut, ModelOut
-from convscope.services.filters import FilterView
+from convscope.services.facade import FilterGrid, FilterView
 
 router = APIRouter(prefix="/api/models", tags=["models"])
 
@@ -69,25 +69,14 @@ def filters(
     padding: Annotated[int, Query(ge=0, le=16)] = 1,
     background: Annotated[int, Query(ge=0, le=255, description="grey level between tiles")] = 255,
     values: Annotated[bool, Query(description="JSON: include the weights")] = True,
-    filter_index: Annotated[
-        int | None,
-        Query(alias="filter", ge=0, description="one filter, a tile per input channel"),
+    filter: Annotated[
+        int | None, Query(ge=0, description="one filter, a tile per input channel")
     ] = None,
 ) -> Response:
     """A conv layer's filters: PNG grid, JSON (shape, values, stats, layout) or exact NPY."""
     view = FilterView(
-        normalize=normalize, input_channel=input_channel, reduce=reduce, slices_of=filter_index
+        normalize=normalize, input_channel=input_channel, reduce=reduce, filter=filter
     )
-    rendered = service.filters(
-        model,
-        layer,
-        fmt,
-        view,
-        scale=scale,
-        channels=channels,
-        colormap_name=colormap,
-        padding=padding,
-        values=values,
-        background=background,
-    )
+    drawn_as = FilterGrid(scale, channels, colormap, padding, values, background)
+    rendered = service.filters(model, layer, fmt, view, drawn_as)
     return send(rendered, filename=f"{model}_{layer}_filters.{fmt}")

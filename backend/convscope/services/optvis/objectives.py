@@ -55,7 +55,7 @@ class Term:
 
 @dataclass(frozen=True)
 class Objective:
-    """A weighted sum of terms, maximised by :func:`convscope.services.optimize.optimize_images`."""
+    """A weighted sum of terms, maximised by :func:`optimize.optimize_images`."""
 
     terms: tuple[Term, ...]
 

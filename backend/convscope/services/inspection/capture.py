@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from convscope.services.hooks import eval_mode
-from convscope.services.registry import LoadedModel
+from convscope.services.models.hooks import HookScope, eval_mode
+from convscope.services.models.registry import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -26,7 +25,6 @@ class Capture:
 
     maps: dict[str, torch.Tensor]
     logits: torch.Tensor
-    input: torch.Tensor  # Tensor[3, S, S], the normalised network input
     nbytes: int
 
 
@@ -70,14 +68,11 @@ def _forward(
     saved: dict[tuple[int, int, tuple[int, ...]], _Saved] = {}
     latest: dict[str, _Saved] = {}  # a module called twice keeps its last output
     alive: list[torch.Tensor] = []  # copied outputs' sources: their addresses stay unique
-    owner = threading.get_ident()
 
     def make_hook(name: str):
         copy_this = copy is None or name in copy
 
         def hook(_module: Any, _inputs: Any, output: Any) -> None:
-            if threading.get_ident() != owner:
-                return  # another thread's forward on the same module (e.g. an optimisation)
             if not isinstance(output, torch.Tensor) or output.dim() < 2:
                 return
             # Same storage, same version counter, same shape: the very same values.
@@ -94,19 +89,15 @@ def _forward(
 
         return hook
 
-    handles = []
     module = model.module
-    try:
+    with HookScope() as hooks:
         for name, sub in model.named_modules():
             if wanted is None or name in wanted:
-                handles.append(sub.register_forward_hook(make_hook(name)))
+                hooks.forward(sub, make_hook(name))
         # no_grad rather than inference_mode: inference tensors have no version counter,
         # which both the de-duplication and the in-place detection rely on.
         with eval_mode(module), torch.no_grad():
             logits = module(x.unsqueeze(0).to(model.device))
-    finally:
-        for handle in handles:
-            handle.remove()
     alive.clear()
     changed = {
         name
@@ -119,5 +110,5 @@ def _forward(
         t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in on_cpu.values()
     }
     logits = logits[0].detach().to("cpu", torch.float32)
-    nbytes = sum(storages.values()) + x.numel() * x.element_size()
-    return Capture(maps=maps, logits=logits, input=x, nbytes=nbytes), changed
+    nbytes = sum(storages.values()) + logits.numel() * logits.element_size()
+    return Capture(maps=maps, logits=logits, nbytes=nbytes), changed

@@ -46,7 +46,7 @@ from convscope.errors import (
     StorageError,
     UnknownModelError,
 )
-from convscope.services import sources
+from convscope.services.models import sources
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from convscope.errors import CancelledError, InvalidParameterError
-from convscope.services.hooks import LayerTap, eval_mode, resolve_layers
-from convscope.services.objectives import Objective, check_objective
-from convscope.services.param import Parametrization, image_param
-from convscope.services.transforms import TransformSettings, normalize, random_transform
+from convscope.services.models.hooks import LayerTap, eval_mode, resolve_layers
+from convscope.services.models.preprocess import standardize
+from convscope.services.optvis.objectives import Objective, check_objective
+from convscope.services.optvis.param import Parametrization, image_param
+from convscope.services.optvis.transforms import TransformSettings, random_transform
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ def layer_shapes(
     model_name: str = "model",
 ) -> dict[str, list[int]]:
     """Per-image output shapes (``[C, H, W]`` or ``[F]``) of ``layers`` for a grey image."""
-    x = normalize(torch.full((1, 3, size, size), 0.5, device=_device(module)), mean, std)
+    x = standardize(torch.full((1, 3, size, size), 0.5, device=_device(module)), mean, std)
     with torch.no_grad(), LayerTap(module, layers, model_name) as tap:
         outputs, _ = tap.run(x)
     return {name: list(out.shape[1:]) for name, out in outputs.items()}
@@ -198,7 +199,7 @@ def optimize_images(
                 x = image()
                 if settings.transforms:
                     x = random_transform(x, transform, generator)
-                acts, _ = tap.run(normalize(x, mean, std))
+                acts, _ = tap.run(standardize(x, mean, std))
                 loss = _batch_loss(objectives, acts)
                 (grad,) = torch.autograd.grad(loss, [image.param])
                 image.param.grad = grad
@@ -291,7 +292,7 @@ def _dream_step(
         ).tolist()
     rolled = torch.roll(x, shifts=shift, dims=(2, 3)).requires_grad_(True)
     with torch.enable_grad():
-        acts, _ = tap.run(normalize(rolled, mean, std))
+        acts, _ = tap.run(standardize(rolled, mean, std))
         score = objective.value({name: out[0] for name, out in acts.items()})
         (grad,) = torch.autograd.grad(score, [rolled])
     grad = torch.roll(grad, shifts=[-shift[0], -shift[1]], dims=(2, 3))

@@ -91,12 +91,3 @@ def random_transform(
         x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False
     )
     return warped + fill
-
-
-def normalize(
-    images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]
-) -> torch.Tensor:
-    """``Tensor[N, 3, H, W]`` in [0, 1] -> the network's input ``(x - mean) / std``."""
-    m = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    return (images - m) / s

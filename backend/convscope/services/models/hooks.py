@@ -1,9 +1,10 @@
-"""Scoped forward hooks that keep layer outputs WITH their graph, for gradients w.r.t. them.
+"""The one hook primitive: forward hooks scoped to a ``with`` block and to one thread.
 
-``capture.py`` keeps detached copies for display; optimisation and attribution need the live
-tensors instead. :class:`LayerTap` hooks only the named layers, only reacts to forwards run by
-the thread that opened it, can stop the forward once every tapped layer has run (nothing
-after the deepest layer is computed), and removes its hooks on exit, error or not.
+Every capture, tap, layer trace, CAM layer and guided ReLU installs its hooks through
+:class:`HookScope`: hooks fire only for forwards run by the thread that opened the scope (a
+served model is shared by concurrent requests), and are removed on exit, error or not.
+:class:`LayerTap` builds on it to keep layer outputs WITH their graph, for gradients w.r.t.
+them; ``inspection/capture.py`` keeps detached outputs for display.
 """
 
 from __future__ import annotations
@@ -18,6 +19,60 @@ import torch
 from torch import nn
 
 from convscope.errors import NoActivationError, UnknownLayerError
+
+ForwardHook = Callable[[nn.Module, Any, Any], Any]
+PreHook = Callable[[nn.Module, Any], Any]
+
+
+class HookScope:
+    """Context manager owning forward (and pre-forward) hooks for one thread.
+
+    ``scope.forward(module, fn)`` registers ``fn(module, inputs, output)``; it runs only when
+    the thread that entered the scope runs the forward (other threads' forwards on the same
+    module see no hook), and what it returns replaces the output as usual. All hooks are
+    removed when the scope exits.
+    """
+
+    def __init__(self) -> None:
+        self._handles: list[Any] = []
+        self._thread = threading.get_ident()
+
+    def __enter__(self) -> HookScope:
+        self._thread = threading.get_ident()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.remove()
+
+    @property
+    def count(self) -> int:
+        return len(self._handles)
+
+    def forward(self, module: nn.Module, fn: ForwardHook) -> None:
+        owner = self._thread
+
+        def hook(m: nn.Module, inputs: Any, output: Any) -> Any:
+            return fn(m, inputs, output) if threading.get_ident() == owner else None
+
+        self._handles.append(module.register_forward_hook(hook))
+
+    def pre_forward(self, module: nn.Module, fn: PreHook) -> None:
+        owner = self._thread
+
+        def hook(m: nn.Module, inputs: Any) -> Any:
+            return fn(m, inputs) if threading.get_ident() == owner else None
+
+        self._handles.append(module.register_forward_pre_hook(hook))
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
 
 
 @contextmanager
@@ -71,15 +126,12 @@ class LayerTap:
         self.targets = resolve_layers(module, layers, model_name)
         self.stop_early = stop_early
         self.outputs: dict[str, torch.Tensor] = {}
-        self._handles: list[Any] = []
-        self._thread = threading.get_ident()
+        self._scope = HookScope()
 
-    def _hook(self, name: str) -> Callable[[nn.Module, Any, Any], Any]:
+    def _hook(self, name: str) -> ForwardHook:
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
-            if threading.get_ident() != self._thread or name in self.outputs:
-                return None  # another request's forward, or a module called twice
-            if not isinstance(output, torch.Tensor):
-                return None
+            if name in self.outputs or not isinstance(output, torch.Tensor):
+                return None  # a module called twice, or no tensor to keep
             self.outputs[name] = output
             if self.stop_early and len(self.outputs) == len(self.targets):
                 raise _StopForward
@@ -88,12 +140,12 @@ class LayerTap:
         return hook
 
     def __enter__(self) -> LayerTap:
-        self._thread = threading.get_ident()
+        self._scope.__enter__()
         try:
             for name, target in self.targets.items():
-                self._handles.append(target.register_forward_hook(self._hook(name)))
+                self._scope.forward(target, self._hook(name))
         except BaseException:
-            self._remove()
+            self._scope.remove()
             raise
         return self
 
@@ -103,12 +155,7 @@ class LayerTap:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._remove()
-
-    def _remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        self._scope.remove()
 
     def run(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         """Forward ``Tensor[N, 3, H, W]``; return the tapped outputs and the model output.

@@ -11,8 +11,7 @@ parameters; hooks are removed and the train/eval mode restored on the way out.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -22,13 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from convscope.errors import InvalidParameterError
-from convscope.services.hooks import LayerTap, eval_mode, resolve_layers
-from convscope.services.transforms import normalize
+from convscope.services.models.hooks import HookScope, LayerTap, eval_mode, resolve_layers
+from convscope.services.models.preprocess import standardize
 
 CamMethod = Literal["gradcam", "gradcampp", "scorecam"]
-CAM_METHODS: tuple[str, ...] = ("gradcam", "gradcampp", "scorecam")
 SaliencyMethod = Literal["vanilla", "smoothgrad", "guided"]
-SALIENCY_METHODS: tuple[str, ...] = ("vanilla", "smoothgrad", "guided")
 
 
 @dataclass(frozen=True)
@@ -79,42 +76,6 @@ def _pick_class(logits: torch.Tensor, class_index: int | None) -> int:
     return class_index
 
 
-def default_cam_layer(module: nn.Module, input_size: tuple[int, int] = (224, 224)) -> str:
-    """The last module to finish whose output is spatial, ``[N, C, H, W]`` with H * W > 1.
-
-    That is the final feature map before pooling: ``bn2`` for efficientnet-lite0 (its
-    activation included), ``layer4`` for a ResNet, ``features`` for VGG/AlexNet.
-    """
-    order: list[str] = []
-    thread = threading.get_ident()
-    handles = []
-
-    def make_hook(name: str) -> Callable[[nn.Module, Any, Any], None]:
-        def hook(_m: nn.Module, _i: Any, output: Any) -> None:
-            if (
-                threading.get_ident() == thread
-                and isinstance(output, torch.Tensor)
-                and output.dim() == 4
-                and output.shape[-1] * output.shape[-2] > 1
-            ):
-                order.append(name)
-
-        return hook
-
-    try:
-        for name, sub in module.named_modules():
-            if name:
-                handles.append(sub.register_forward_hook(make_hook(name)))
-        with torch.no_grad(), eval_mode(module):
-            module(torch.zeros(1, 3, *input_size, device=_device(module)))
-    finally:
-        for handle in handles:
-            handle.remove()
-    if not order:
-        raise InvalidParameterError("layer", "the model has no layer with a spatial output")
-    return order[-1]
-
-
 def _minmax(x: torch.Tensor) -> torch.Tensor:
     """pytorch-grad-cam's ``scale_cam_image``: ``(x - min) / (max - min + 1e-7)``."""
     x = x - x.amin()
@@ -127,7 +88,7 @@ def cam(
     mean: tuple[float, ...],
     std: tuple[float, ...],
     *,
-    layer: str | None = None,
+    layer: str,
     class_index: int | None = None,
     method: CamMethod = "gradcam",
     model_name: str = "model",
@@ -135,7 +96,8 @@ def cam(
 ) -> CamResult:
     """Class activation map of ``image`` (``Tensor[3, H, W]`` in [0, 1]) for one class.
 
-    ``layer`` defaults to :func:`default_cam_layer`; ``class_index`` to the top-1 class.
+    ``layer``: a module with a spatial output (the registry's ``LoadedModel.cam_layer`` is
+    the usual choice); ``class_index`` defaults to the top-1 class.
     - gradcam: ``relu(sum_c mean_hw(dy/dA_c) * A_c)``;
     - gradcampp: Grad-CAM++ weights (Chattopadhay et al. 2018, eq. 19);
     - scorecam: weights = softmax over channels of the class logit for the image masked by
@@ -143,13 +105,9 @@ def cam(
       a time).
     """
     _check_image(image)
-    if method not in CAM_METHODS:
-        raise InvalidParameterError("method", f"expected one of {CAM_METHODS}, got {method!r}")
     height, width = image.shape[1:]
-    if layer is None:
-        layer = default_cam_layer(module, (height, width))
     resolve_layers(module, [layer], model_name)
-    x = normalize(image.to(_device(module), torch.float32).unsqueeze(0), mean, std)
+    x = standardize(image.to(_device(module), torch.float32).unsqueeze(0), mean, std)
     with eval_mode(module), LayerTap(module, [layer], model_name, stop_early=False) as tap:
         with torch.enable_grad():
             # The input requires grad so the layer output has a graph even when the model's
@@ -228,19 +186,15 @@ def _guided_relus(module: nn.Module) -> Iterator[int]:
     ``grad_in = [x > 0] * relu(grad_out)`` (and ``[x < 6]`` for ReLU6). Hooks react only to
     this thread's forwards and are removed on exit.
     """
-    thread = threading.get_ident()
 
-    def hook(_m: nn.Module, _i: Any, output: torch.Tensor) -> torch.Tensor | None:
-        return _GuidedGrad.apply(output) if threading.get_ident() == thread else None
+    def hook(_m: nn.Module, _i: Any, output: torch.Tensor) -> torch.Tensor:
+        return _GuidedGrad.apply(output)
 
-    handles = [
-        m.register_forward_hook(hook) for m in module.modules() if isinstance(m, nn.ReLU | nn.ReLU6)
-    ]
-    try:
-        yield len(handles)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with HookScope() as hooks:
+        for m in module.modules():
+            if isinstance(m, nn.ReLU | nn.ReLU6):
+                hooks.forward(m, hook)
+        yield hooks.count
 
 
 def _input_gradient(
@@ -253,7 +207,7 @@ def _input_gradient(
     """d logit[index] / d images for ``Tensor[N, 3, H, W]``; returns (grads, logits[:, index])."""
     with torch.enable_grad():
         leaf = images.detach().requires_grad_(True)
-        scores = module(normalize(leaf, mean, std))[:, index]
+        scores = module(standardize(leaf, mean, std))[:, index]
         (grad,) = torch.autograd.grad(scores.sum(), [leaf])
     return grad, scores.detach()
 
@@ -281,8 +235,6 @@ def saliency(
     ``class_index`` defaults to the top-1 class of the clean image.
     """
     _check_image(image)
-    if method not in SALIENCY_METHODS:
-        raise InvalidParameterError("method", f"expected one of {SALIENCY_METHODS}, got {method!r}")
     if method == "smoothgrad":
         if not 1 <= samples <= max_samples:
             raise InvalidParameterError(
@@ -293,7 +245,7 @@ def saliency(
     x = image.to(_device(module), torch.float32).unsqueeze(0)
     with eval_mode(module):
         with torch.no_grad():
-            index = _pick_class(module(normalize(x, mean, std))[0], class_index)
+            index = _pick_class(module(standardize(x, mean, std))[0], class_index)
         if method == "guided":
             with _guided_relus(module) as count:
                 if count == 0:

@@ -20,9 +20,9 @@ from convscope.errors import (
     UnknownLayerError,
     UnknownModelError,
 )
-from convscope.services import sources
-from convscope.services.layers import LayerInfo, trace_layers
-from convscope.services.sources import ModelSpec
+from convscope.services.models import sources
+from convscope.services.models.layers import LayerInfo, default_cam_layer, trace_layers
+from convscope.services.models.sources import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,11 @@ class LoadedModel:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def cam_layer(self) -> str | None:
+        """The default layer for class activation maps (see ``layers.default_cam_layer``)."""
+        return default_cam_layer(self.layers)
 
     def layer(self, name: str) -> LayerInfo:
         try:
@@ -125,7 +130,7 @@ class ModelRegistry:
             for name in sources.TORCHVISION_MODELS:
                 spec = sources.torchvision_spec(name, self.settings, untrained=True)
                 specs[spec.name] = spec
-        user, user_errors = sources.discover_user_models(self.settings.models_dir)
+        user, user_errors = sources.discover_user_models(self.settings.models_path)
         for spec in user:
             if spec.name in specs:
                 user_errors[spec.name] = f"name {spec.name!r} is taken by a built-in model"
@@ -193,9 +198,12 @@ class ModelRegistry:
                 )
         return out
 
-    def is_loaded(self, name: str) -> bool:
-        with self._lock:
-            return name in self._loaded
+    def describe_one(self, name: str) -> dict[str, Any]:
+        """One entry of :meth:`describe` (``UnknownModelError`` when not listed)."""
+        for entry in self.describe():
+            if entry["name"] == name:
+                return entry
+        raise UnknownModelError(name, self.specs)
 
     def get(self, name: str) -> LoadedModel:
         """The loaded model ``name``, loading it on first use (one loader per name at a time)."""

@@ -1,10 +1,7 @@
-"""Composition for the questions a weight or a feature map cannot answer alone.
+"""Feature visualisation runs: what does a channel want to see? Optimisation and DeepDream.
 
-- What does a channel want to see? Feature visualisation by optimisation, run as a job.
-- Where did the network look in this image? Grad-CAM (++/Score-CAM) and saliency maps.
-
-``Explainer`` owns the job manager and uses the same registry, image store and compute gate
-as the rest of the service. Like ``Convscope`` it is a plain class with no module state.
+``FeatureVisualizer`` checks a request (bad ones raise now, as 4xx, not as failed jobs),
+builds its work and hands it to the job manager it is given. A plain class, no module state.
 """
 
 from __future__ import annotations
@@ -13,17 +10,15 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from typing import Literal
 
 from convscope.config import Settings
 from convscope.errors import InvalidParameterError, NoActivationError
-from convscope.render import encode, overlay
-from convscope.services.attribution import CAM_METHODS, SALIENCY_METHODS, cam, saliency
-from convscope.services.gate import ComputeGate
-from convscope.services.images import ImageStore
-from convscope.services.jobs import JobContext, JobManager, JobStatus, cache_key
-from convscope.services.objectives import Objective, check_objective, parse_objective
-from convscope.services.optimize import (
+from convscope.render import overlay
+from convscope.services.compute.jobs import JobContext, JobManager, JobStatus, cache_key
+from convscope.services.models.registry import ModelRegistry
+from convscope.services.optvis.objectives import Objective, check_objective, parse_objective
+from convscope.services.optvis.optimize import (
     DreamSettings,
     Limits,
     OptimizeSettings,
@@ -31,8 +26,7 @@ from convscope.services.optimize import (
     optimize_images,
     validate_settings,
 )
-from convscope.services.output import JSON, NPY, PNG, Rendered
-from convscope.services.registry import LoadedModel, ModelRegistry
+from convscope.services.storage.images import ImageStore
 
 log = logging.getLogger(__name__)
 
@@ -67,26 +61,19 @@ class OptimizeRequest:
         return [-o for o in found] if self.negative else found
 
 
-class Explainer:
-    """Optimisation jobs, Grad-CAM and saliency for the registry's models."""
+class FeatureVisualizer:
+    """Optimisation and DeepDream jobs for the registry's models."""
 
     def __init__(
-        self, settings: Settings, registry: ModelRegistry, images: ImageStore, gate: ComputeGate
+        self, settings: Settings, registry: ModelRegistry, images: ImageStore, jobs: JobManager
     ) -> None:
-        self.settings = settings
         self.registry = registry
         self.images = images
-        self.gate = gate
+        self.jobs = jobs
         self.limits = Limits(
             max_steps=settings.max_optimize_steps,
             max_size=settings.max_optimize_size,
             max_batch=settings.max_optimize_batch,
-        )
-        self.jobs = JobManager(
-            settings.max_running_jobs,
-            settings.max_queued_jobs,
-            results_dir=settings.data_dir / "results",
-            preview_encoder=lambda t: overlay.images_png(t.clamp(0, 1)),
         )
 
     # --- feature visualisation jobs ------------------------------------------------------
@@ -193,125 +180,7 @@ class Explainer:
 
         return self.jobs.submit(key, work, total=total, label=f"{model.name}: dream {layer}")
 
-    # --- attribution ------------------------------------------------------------------
-
-    def cam(
-        self,
-        model_name: str,
-        image_id: str,
-        *,
-        layer: str | None,
-        class_index: int | None,
-        method: str,
-        fmt: Literal["png", "npy", "json"],
-        alpha: float,
-    ) -> Rendered:
-        """Grad-CAM family heatmap: PNG overlay on the input view, NPY ``[H, W]`` or JSON."""
-        if method not in CAM_METHODS:
-            raise InvalidParameterError("method", f"expected one of {CAM_METHODS}, got {method!r}")
-        model, view = self._view(model_name, image_id)
-        if layer is not None:
-            model.layer(layer)
-        self._check_class(model, class_index)
-        pre = model.spec.preprocessing
-        with self.gate.slot():
-            result = cam(
-                model.module,
-                view,
-                pre.mean,
-                pre.std,
-                layer=layer,
-                class_index=class_index,
-                method=method,  # type: ignore[arg-type]  # checked above
-                model_name=model.name,
-            )
-        headers = {
-            "X-Convscope-Class": str(result.class_index),
-            "X-Convscope-Layer": result.layer,
-        }
-        if fmt == "npy":
-            return Rendered(encode.npy(result.heatmap), NPY, headers)
-        if fmt == "json":
-            return Rendered(
-                encode.json(
-                    {
-                        "layer": result.layer,
-                        "method": result.method,
-                        "class_index": result.class_index,
-                        "label": _label(model, result.class_index),
-                        "score": result.score,
-                        "cam": result.cam.numpy(),
-                        "shape": list(result.heatmap.shape),
-                    }
-                ),
-                JSON,
-                headers,
-            )
-        base = encode.to_uint8(view).transpose(1, 2, 0)
-        return Rendered(
-            encode.png(overlay.overlay(base, result.heatmap.numpy(), alpha=alpha)), PNG, headers
-        )
-
-    def saliency(
-        self,
-        model_name: str,
-        image_id: str,
-        *,
-        method: str,
-        class_index: int | None,
-        fmt: Literal["png", "npy"],
-        samples: int,
-        noise: float,
-        seed: int,
-    ) -> Rendered:
-        """Saliency map: PNG (hot colormap) or NPY ``[H, W]``; ``npy`` + raw for the gradient."""
-        if method not in SALIENCY_METHODS:
-            raise InvalidParameterError(
-                "method", f"expected one of {SALIENCY_METHODS}, got {method!r}"
-            )
-        model, view = self._view(model_name, image_id)
-        self._check_class(model, class_index)
-        pre = model.spec.preprocessing
-        with self.gate.slot():
-            result = saliency(
-                model.module,
-                view,
-                pre.mean,
-                pre.std,
-                class_index=class_index,
-                method=method,  # type: ignore[arg-type]  # checked above
-                samples=samples,
-                noise=noise,
-                seed=seed,
-            )
-        headers = {"X-Convscope-Class": str(result.class_index)}
-        if fmt == "npy":
-            return Rendered(encode.npy(result.saliency), NPY, headers)
-        heat = overlay.heatmap_rgb(overlay.unit_map(result.saliency.numpy()), "inferno")
-        return Rendered(encode.png(heat), PNG, headers)
-
-    def _view(self, model_name: str, image_id: str) -> tuple[LoadedModel, Any]:
-        model = self.registry.get(model_name)
-        _, image = self.images.open(image_id)
-        return model, model.spec.preprocessing.view(image)
-
-    @staticmethod
-    def _check_class(model: LoadedModel, class_index: int | None) -> None:
-        count = len(model.spec.categories)
-        if class_index is not None and not 0 <= class_index < count:
-            raise InvalidParameterError(
-                "class_index", f"expected 0 <= class_index < {count}, got {class_index}"
-            )
-
-    def shutdown(self) -> None:
-        self.jobs.shutdown(wait=False)
-
 
 def _every(total: int) -> int:
     """Preview about 16 times per run."""
     return max(1, total // 16)
-
-
-def _label(model: LoadedModel, index: int) -> str:
-    names = model.spec.categories
-    return names[index] if 0 <= index < len(names) else str(index)

@@ -51,12 +51,12 @@ class Preprocessing:
         x = F.center_crop(x, [self.crop_size, self.crop_size])
         return x.to(torch.float32).div_(255.0)
 
-    def normalize(self, view: torch.Tensor) -> torch.Tensor:
-        """``Tensor[3, S, S]`` in [0, 1] -> the network's input ``Tensor[3, S, S]``."""
-        return F.normalize(view, list(self.mean), list(self.std))
+    def standardize(self, view: torch.Tensor) -> torch.Tensor:
+        """``Tensor[3, S, S]`` in [0, 1] -> the network's input ``(x - mean) / std``."""
+        return standardize(view[None], self.mean, self.std)[0]
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        return self.normalize(self.view(image))
+        return self.standardize(self.view(image))
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -66,3 +66,15 @@ class Preprocessing:
             "std": list(self.std),
             "interpolation": self.interpolation,
         }
+
+
+def standardize(
+    images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]
+) -> torch.Tensor:
+    """``Tensor[N, 3, H, W]`` in [0, 1] -> the network's input ``(x - mean) / std``.
+
+    Mean/std standardisation; not the display scaling that views call ``normalize``.
+    """
+    m = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    return (images - m) / s

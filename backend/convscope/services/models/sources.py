@@ -20,7 +20,7 @@ from torch import nn
 
 from convscope.config import Settings
 from convscope.errors import InvalidModelFileError
-from convscope.services.preprocess import Preprocessing
+from convscope.services.models.preprocess import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,10 @@ class ModelSpec:
     hint: str | None = None  # how to make it available
     description: str = ""
     extra: dict[str, object] = field(default_factory=dict)
+
+    def label(self, index: int) -> str:
+        """The class name of output ``index`` (its number when the model has no names)."""
+        return self.categories[index] if 0 <= index < len(self.categories) else str(index)
 
 
 def imagenet_categories() -> list[str]:
