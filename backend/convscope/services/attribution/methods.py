@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from convscope.errors import InvalidParameterError
+from convscope.services.models.device import module_device
 from convscope.services.models.hooks import HookScope, LayerTap, eval_mode, resolve_layers
 from convscope.services.models.preprocess import standardize
 
@@ -52,11 +53,6 @@ class SaliencyResult:
     class_index: int
     score: float
     method: str
-
-
-def _device(module: nn.Module) -> torch.device:
-    first = next(module.parameters(), None)
-    return first.device if first is not None else torch.device("cpu")
 
 
 def _check_image(image: torch.Tensor) -> None:
@@ -107,7 +103,7 @@ def cam(
     _check_image(image)
     height, width = image.shape[1:]
     resolve_layers(module, [layer], model_name)
-    x = standardize(image.to(_device(module), torch.float32).unsqueeze(0), mean, std)
+    x = standardize(image.to(module_device(module), torch.float32).unsqueeze(0), mean, std)
     with eval_mode(module), LayerTap(module, [layer], model_name, stop_early=False) as tap:
         with torch.enable_grad():
             # The input requires grad so the layer output has a graph even when the model's
@@ -242,7 +238,7 @@ def saliency(
             )
         if not 0.0 <= noise <= 1.0:
             raise InvalidParameterError("noise", f"expected 0 <= noise <= 1, got {noise}")
-    x = image.to(_device(module), torch.float32).unsqueeze(0)
+    x = image.to(module_device(module), torch.float32).unsqueeze(0)
     with eval_mode(module):
         with torch.no_grad():
             index = _pick_class(module(standardize(x, mean, std))[0], class_index)

@@ -14,10 +14,8 @@ No module state: the app owns one manager and calls :meth:`JobManager.shutdown` 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import threading
 import time
 import uuid
@@ -36,6 +34,7 @@ from convscope.errors import (
     OverloadedError,
     UnknownJobError,
 )
+from convscope.services.storage.files import atomic_write, sha256_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +50,7 @@ def cache_key(**parts: Any) -> str:
     (a hash of the weights), ``objectives`` (``Objective.describe()`` texts), ``settings``
     (``dataclasses.asdict``), ``seed``. Key order does not matter."""
     text = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return sha256_bytes(text.encode())
 
 
 @dataclass
@@ -427,8 +426,6 @@ class JobManager:
             return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)  # atomic: another replica never reads half a file
+            atomic_write(path, data)  # another replica never reads half a file
         except OSError:
             logger.warning("could not write %s", path, exc_info=True)

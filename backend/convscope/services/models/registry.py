@@ -21,6 +21,7 @@ from convscope.errors import (
     UnknownModelError,
 )
 from convscope.services.models import sources
+from convscope.services.models.device import resolve_device
 from convscope.services.models.layers import LayerInfo, default_cam_layer, trace_layers
 from convscope.services.models.sources import ModelSpec
 
@@ -72,33 +73,6 @@ class LoadedModel:
     def named_modules(self) -> Iterable[tuple[str, nn.Module]]:
         """Every module by layer name (the root as ``ROOT_LAYER``), in ``named_modules`` order."""
         return self._modules.items()
-
-
-def resolve_device(setting: str) -> torch.device:
-    """``CONVSCOPE_DEVICE`` -> a device: 'cpu', 'cuda', 'cuda:N', or 'auto' (CUDA when present)."""
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device: torch.device | None = torch.device(setting)
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise ConvscopeError(
-            f"CONVSCOPE_DEVICE: expected 'cpu', 'cuda', 'cuda:N' or 'auto', got {setting!r}"
-        )
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConvscopeError(
-                f"CONVSCOPE_DEVICE={setting!r} asked for, but CUDA is not available (torch "
-                f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}); use 'cpu' or "
-                "'auto'"
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConvscopeError(
-                f"CONVSCOPE_DEVICE={setting!r}: expected a GPU index below "
-                f"{torch.cuda.device_count()}"
-            )
-    return device
 
 
 class ModelRegistry:

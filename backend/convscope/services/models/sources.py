@@ -7,7 +7,6 @@ availability is cheap and never downloads.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -21,6 +20,7 @@ from torch import nn
 from convscope.config import Settings
 from convscope.errors import InvalidModelFileError
 from convscope.services.models.preprocess import Preprocessing
+from convscope.services.storage.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -144,11 +144,7 @@ def check_hash_prefix(path: Path) -> None:
     match = _HASH_IN_NAME.search(path.name)
     if match is None:
         return
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    if not digest.hexdigest().startswith(match.group(1)):
+    if not sha256_file(path).startswith(match.group(1)):
         raise InvalidModelFileError(
             f"weights file {path} is corrupt: its sha256 does not start with {match.group(1)!r} "
             "as its name says; delete it and provide the original file"

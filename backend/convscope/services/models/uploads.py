@@ -47,6 +47,7 @@ from convscope.errors import (
     UnknownModelError,
 )
 from convscope.services.models import sources
+from convscope.services.storage.files import fsync_dir, sha256_file, write_synced
 
 log = logging.getLogger(__name__)
 
@@ -204,13 +205,13 @@ class ModelStore:
             header = read_safetensors_header(path)
             with self._slot():
                 self._check_weights(path, header, clean)
-            clean["sha256"] = _sha256(path)
-            _write_synced(staging / sources.MANIFEST, json.dumps(clean, indent=2).encode())
-            _fsync_dir(staging)
+            clean["sha256"] = sha256_file(path)
+            write_synced(staging / sources.MANIFEST, json.dumps(clean, indent=2).encode())
+            fsync_dir(staging)
             with self._lock:
                 os.rename(staging, self.root / model_id)
-                _fsync_dir(self.root)
-                _fsync_dir(staging.parent)
+                fsync_dir(self.root)
+                fsync_dir(staging.parent)
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             raise StorageError(f"cannot write to the models folder {self.root}: {exc}") from exc
@@ -342,7 +343,7 @@ class ModelStore:
             trash.parent.mkdir(exist_ok=True)
             with self._lock:
                 os.rename(self.root / model_id, trash)
-                _fsync_dir(self.root)
+                fsync_dir(self.root)
         except FileNotFoundError:
             raise UnknownModelError(model_id, self.ids()) from None
         except OSError as exc:
@@ -396,28 +397,3 @@ def _check_preprocessing(pre: Any) -> dict[str, Any]:
         raise bad(f"interpolation: expected one of {', '.join(INTERPOLATIONS)}")
     out["interpolation"] = interpolation
     return out
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with path.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

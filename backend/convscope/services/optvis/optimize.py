@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from convscope.errors import CancelledError, InvalidParameterError
+from convscope.services.models.device import module_device
 from convscope.services.models.hooks import LayerTap, eval_mode, resolve_layers
 from convscope.services.models.preprocess import standardize
 from convscope.services.optvis.objectives import Objective, check_objective
@@ -132,15 +133,10 @@ def layer_shapes(
     model_name: str = "model",
 ) -> dict[str, list[int]]:
     """Per-image output shapes (``[C, H, W]`` or ``[F]``) of ``layers`` for a grey image."""
-    x = standardize(torch.full((1, 3, size, size), 0.5, device=_device(module)), mean, std)
+    x = standardize(torch.full((1, 3, size, size), 0.5, device=module_device(module)), mean, std)
     with torch.no_grad(), LayerTap(module, layers, model_name) as tap:
         outputs, _ = tap.run(x)
     return {name: list(out.shape[1:]) for name, out in outputs.items()}
-
-
-def _device(module: nn.Module) -> torch.device:
-    first = next(module.parameters(), None)
-    return first.device if first is not None else torch.device("cpu")
 
 
 def _batch_loss(objectives: Sequence[Objective], acts: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -176,7 +172,7 @@ def optimize_images(
     validate_settings(settings, limits, len(objectives))
     layers = list(dict.fromkeys(name for o in objectives for name in o.layers))
     resolve_layers(module, layers, model_name)
-    device = _device(module)
+    device = module_device(module)
     generator = torch.Generator().manual_seed(settings.seed)
     pad = transform.pad if settings.transforms else 0
     run = _Run(settings.steps, progress, cancel, settings.preview_every)
@@ -244,7 +240,7 @@ def deepdream(
     objective = objective or Objective.layer(layer)
     layers = list(objective.layers)
     resolve_layers(module, layers, model_name)
-    device = _device(module)
+    device = module_device(module)
     generator = torch.Generator().manual_seed(settings.seed)
     base = image.detach().to(device, torch.float32).unsqueeze(0)
     height, width = base.shape[-2:]

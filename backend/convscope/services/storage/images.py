@@ -8,12 +8,10 @@ sees half an image.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 import warnings
@@ -25,6 +23,7 @@ from typing import Any
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from convscope.errors import ImageTooLargeError, InvalidImageError, UnknownImageError
+from convscope.services.storage.files import TMP_PREFIX, TMP_SUFFIX, atomic_write, sha256_bytes
 
 log = logging.getLogger(__name__)
 
@@ -137,34 +136,10 @@ def decode(data: bytes, *, max_pixels: int) -> tuple[Image.Image, str]:
 
 
 def image_id(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+    return sha256_bytes(data)
 
 
-TMP_PREFIX, TMP_SUFFIX = ".tmp-", ".part"  # never matches the *.json / *.img globs
 STALE_TMP_SECONDS = 3600.0
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a hidden temporary file, fsync, rename over ``path``, fsync the folder.
-
-    A reader (or a replica) sees the old file or the new one, never part of one; after a
-    ``kill -9`` or a power cut an acknowledged write is still there.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX, suffix=TMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 SAMPLES: dict[str, tuple[str, str, str]] = {
@@ -255,9 +230,9 @@ class ImageStore:
             media_type=Image.MIME.get(fmt, "application/octet-stream"),
         )
         with self._lock:
-            _atomic_write(blob, data)
+            atomic_write(blob, data)
             # The metadata file is written last: an image "exists" once its metadata does.
-            _atomic_write(meta, json.dumps(record.as_dict()).encode())
+            atomic_write(meta, json.dumps(record.as_dict()).encode())
             self._evict()
         return record, True
 

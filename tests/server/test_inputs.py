@@ -15,8 +15,8 @@ from PIL import Image
 
 from convscope.config import Settings
 from convscope.services.facade import Convscope
-from tests.hardening import payloads
-from tests.hardening.conftest import assert_error, assert_serving, wait_ready
+from tests.server import payloads
+from tests.server.conftest import assert_error, assert_serving, wait_ready
 
 M = "/api/models/efficientnet_lite0"
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from convscope.config import Settings
 from convscope.services.facade import Convscope
-from tests.hardening.conftest import AUTH
+from tests.server.conftest import AUTH
 
 MAX_EXAMPLES = 15
 # Schema-valid is not content-valid: random bytes that the schema calls a binary file are not

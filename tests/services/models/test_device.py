@@ -13,7 +13,8 @@ from convscope.errors import ConvscopeError
 from convscope.services.compute.runtime import available_cpus, cgroup_cpu_limit, configure_threads
 from convscope.services.facade import Convscope
 from convscope.services.inspection.capture import capture
-from convscope.services.models.registry import ModelRegistry, resolve_device
+from convscope.services.models.device import resolve_device
+from convscope.services.models.registry import ModelRegistry
 from tests.conftest import DEFAULT
 
 

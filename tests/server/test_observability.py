@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from convscope.api.logs import JsonFormatter, KeyValueFormatter, RequestIdFilter
 from convscope.config import Settings
 from convscope.services.facade import Convscope
-from tests.hardening.conftest import wait_ready
+from tests.server.conftest import wait_ready
 
 
 def _metric(text: str, name: str, **labels: str) -> float:

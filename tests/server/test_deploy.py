@@ -5,7 +5,7 @@ from __future__ import annotations
 import yaml
 
 from convscope.config import Settings
-from tests.hardening.servers import REPO
+from tests.server.servers import REPO
 
 
 def test_k8s_manifest() -> None:

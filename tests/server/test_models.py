@@ -15,8 +15,8 @@ from safetensors.torch import save_file
 from convscope.config import Settings
 from convscope.errors import ModelUnavailableError
 from convscope.services.facade import Convscope
-from tests.hardening import payloads
-from tests.hardening.conftest import AUTH, assert_error, assert_serving, wait_ready
+from tests.server import payloads
+from tests.server.conftest import AUTH, assert_error, assert_serving, wait_ready
 
 
 def _post(

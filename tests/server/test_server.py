@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.hardening import payloads
-from tests.hardening.conftest import AUTH, TOKEN
-from tests.hardening.servers import Server, rss_kib, start_all
+from tests.server import payloads
+from tests.server.conftest import AUTH, TOKEN
+from tests.server.servers import Server, rss_kib, start_all
 
 pytestmark = pytest.mark.slow
 M = "/api/models/efficientnet_lite0"

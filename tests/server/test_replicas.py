@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.hardening import payloads
-from tests.hardening.conftest import AUTH, TOKEN
-from tests.hardening.servers import REPO, Server, free_port, start_all
+from tests.server import payloads
+from tests.server.conftest import AUTH, TOKEN
+from tests.server.servers import REPO, Server, free_port, start_all
 
 pytestmark = pytest.mark.slow
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
