@@ -1,4 +1,4 @@
-"""Fixtures for the server tests (hostile input, uploads, overload, replicas): an app with uploads on, and helpers shared by modules."""
+"""Fixtures for the server tests: an app with uploads on, and helpers shared by modules."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Real server processes for the server tests (hostile input, uploads, overload, replicas): ``convscope serve`` and nginx, on loopback."""
+"""Real server processes for the server tests: ``convscope serve`` and nginx, on loopback."""
 
 from __future__ import annotations
 
