@@ -9,6 +9,8 @@ from PIL import Image
 
 from convscope.render import colormap, encode
 
+pytestmark = pytest.mark.quick
+
 
 def test_png_decodes_to_the_same_pixels() -> None:
     rng = np.random.default_rng(1)

@@ -1,7 +1,10 @@
+import pytest
 import torch
 from torchvision.utils import make_grid
 
 from convscope.render import grid
+
+pytestmark = pytest.mark.quick
 
 
 def test_tile_equals_make_grid_and_layout_points_at_each_tile() -> None:

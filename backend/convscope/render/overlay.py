@@ -44,16 +44,6 @@ def unit_map(
     return np.clip(values / top, 0.0, 1.0).astype(np.float32)
 
 
-def signed_rgb(
-    gradient: npt.NDArray[np.floating], *, percentile: float = 99.5
-) -> npt.NDArray[np.uint8]:
-    """Show a signed ``float[3, H, W]`` gradient as ``uint8[H, W, 3]``, zero at mid-grey."""
-    top = float(np.percentile(np.abs(gradient), percentile)) if gradient.size else 0.0
-    scaled = gradient / top if top > 0 else np.zeros_like(gradient)
-    unit = np.clip(scaled * 0.5 + 0.5, 0.0, 1.0).transpose(1, 2, 0)
-    return np.rint(unit * 255).astype(np.uint8)
-
-
 def images_png(images: torch.Tensor, *, padding: int = 2) -> bytes:
     """PNG of ``Tensor[N, 3, H, W]`` in [0, 1] side by side in one row (white gaps)."""
     pixels = torch.from_numpy(encode.to_uint8(images.detach().cpu().float()))
