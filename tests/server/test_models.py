@@ -277,15 +277,14 @@ def test_delete_is_atomic_and_only_for_uploads(
         "model_not_deletable",
         contains="embedded",
     )
-    for bad in ("..", "...", "%2e%2e%2f%2e%2e", "x" * 300):
-        response = hard_client.delete(f"/api/models/{bad}", headers=AUTH)
-        assert response.status_code in (404, 405, 422), response.text
-        assert response.json()["code"] in (
-            "unknown_model",
-            "not_found",
-            "method_not_allowed",
-            "invalid_parameter",
-        )
+    # ".." and its encoded form resolve to /api/models itself, which takes no DELETE.
+    for bad, status, code in (
+        ("..", 405, "method_not_allowed"),
+        ("...", 404, "unknown_model"),
+        ("%2e%2e%2f%2e%2e", 405, "method_not_allowed"),
+        ("x" * 300, 422, "invalid_parameter"),
+    ):
+        assert_error(hard_client.delete(f"/api/models/{bad}", headers=AUTH), status, code)
     assert_serving(hard_client)
 
 
