@@ -110,8 +110,9 @@ def resolve_layers(
     return found
 
 
-class LayerTap:
-    """Context manager: during ``with``, :meth:`run` returns ``{layer: output}`` for a batch.
+class LayerTap(HookScope):
+    """A :class:`HookScope` on named layers: during ``with``, :meth:`run` returns
+    ``{layer: output}`` for a batch.
 
     Outputs keep their autograd graph. Each hook hands the rest of the network a clone, so
     an in-place op downstream (``ReLU(inplace=True)``) cannot change the tapped tensor.
@@ -126,7 +127,7 @@ class LayerTap:
         self.targets = resolve_layers(module, layers, model_name)
         self.stop_early = stop_early
         self.outputs: dict[str, torch.Tensor] = {}
-        self._scope = HookScope()
+        super().__init__()
 
     def _hook(self, name: str) -> ForwardHook:
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
@@ -140,22 +141,14 @@ class LayerTap:
         return hook
 
     def __enter__(self) -> LayerTap:
-        self._scope.__enter__()
+        super().__enter__()
         try:
             for name, target in self.targets.items():
-                self._scope.forward(target, self._hook(name))
+                self.forward(target, self._hook(name))
         except BaseException:
-            self._scope.remove()
+            self.remove()
             raise
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._scope.remove()
 
     def run(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         """Forward ``Tensor[N, 3, H, W]``; return the tapped outputs and the model output.
