@@ -9,7 +9,7 @@ from torchvision.models.feature_extraction import create_feature_extractor
 
 from convscope.errors import NoActivationError, UnknownLayerError
 from convscope.services.facade import Convscope
-from convscope.services.inspection.capture import capture
+from convscope.services.inspection.capture import capture, layer_output
 from convscope.services.inspection.maps import feature_maps
 from convscope.services.models.hooks import eval_mode
 from convscope.services.models.registry import LoadedModel
@@ -185,3 +185,32 @@ def test_eval_mode_restores_training_and_leaves_eval_modules_alone() -> None:
 def test_capture_keeps_a_served_model_in_eval_mode(service: Convscope, model, samples) -> None:
     capture(model, _input(service, model, samples["cat"]))
     assert not any(m.training for m in model.module.modules())
+
+
+def test_one_layer_output_equals_the_full_capture(model, service: Convscope, samples) -> None:
+    """The one-shot path (hook one module, stop there, no lock) returns what capture keeps."""
+    x = _input(service, model, samples["cat"])
+    full = capture(model, x)
+    checked = 0
+    for info in model.layers:
+        if info.output_shape is None or info.index % 7:  # every 7th module: all depths, fast
+            continue
+        one = layer_output(model, x, info.name)
+        assert one is not None, info.name
+        assert torch.equal(one, full.maps[info.name]), info.name
+        checked += 1
+    assert checked > 30
+    assert layer_output(model, x, "output") is not None  # the root: falls back to capture
+    assert hooks_left(model.module) == 0
+
+
+def test_one_layer_output_survives_an_inplace_relu(service: Convscope, samples) -> None:
+    from convscope.config import Settings
+    from convscope.services.models.registry import ModelRegistry
+
+    registry = ModelRegistry(Settings(data_dir=service.settings.data_dir, untrained_models=True))
+    model = registry.get("alexnet-untrained")
+    x = _input(service, model, samples["cat"])
+    conv = layer_output(model, x, "features.0")
+    assert conv is not None and conv.min() < 0  # stopped before the in-place ReLU ran
+    assert torch.equal(conv, capture(model, x, layers=["features.0"]).maps["features.0"])

@@ -8,8 +8,9 @@ from typing import Any
 
 import torch
 
-from convscope.services.models.hooks import HookScope, eval_mode
-from convscope.services.models.registry import LoadedModel
+from convscope.errors import NoActivationError
+from convscope.services.models.hooks import HookScope, LayerTap, eval_mode
+from convscope.services.models.registry import ROOT_LAYER, LoadedModel
 
 
 @dataclass(frozen=True)
@@ -112,3 +113,28 @@ def _forward(
     logits = logits[0].detach().to("cpu", torch.float32)
     nbytes = sum(storages.values()) + logits.numel() * logits.element_size()
     return Capture(maps=maps, logits=logits, nbytes=nbytes), changed
+
+
+def layer_output(model: LoadedModel, x: torch.Tensor, layer: str) -> torch.Tensor | None:
+    """The output of one module for one image (``Tensor[3, S, S]``), for one-shot requests.
+
+    Unlike :func:`capture` it hooks only ``layer``, stops the forward as soon as that module
+    has run (nothing after it is computed), and takes no model lock: its hook is thread-scoped
+    and nothing it keeps can be changed in place by a later op, since no later op runs. For
+    a module that runs more than once per forward (its last output counts) it falls back to
+    a full capture. Returns float32 ``Tensor[C, H, W]`` or ``[F]`` on the CPU, or None when
+    the module's output is not a batched tensor.
+    """
+    if model.layer(layer).calls != 1 or layer == ROOT_LAYER:
+        return capture(model, x, {layer}).maps.get(layer)
+    try:
+        with (
+            eval_mode(model.module),
+            torch.no_grad(),
+            LayerTap(model.module, [layer], model.name) as tap,
+        ):
+            outputs, _ = tap.run(x.unsqueeze(0).to(model.device))
+    except NoActivationError:
+        return None
+    out = outputs[layer]
+    return out[0].to("cpu", torch.float32) if out.dim() >= 2 else None

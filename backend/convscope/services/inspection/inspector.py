@@ -12,12 +12,13 @@ import torch
 
 from convscope.render import encode
 from convscope.services.compute.gate import ComputeGate
-from convscope.services.inspection.capture import Capture, capture
+from convscope.services.inspection.capture import Capture, capture, layer_output
 from convscope.services.inspection.drawing import GridBounds, shape_header
 from convscope.services.inspection.filters import FilterGrid, FilterView, render_filters
 from convscope.services.inspection.maps import (
     Format,
     MapView,
+    as_feature_maps,
     channel_stats,
     feature_maps,
     render_maps,
@@ -108,9 +109,9 @@ class Inspector:
         model.layer(layer)
         image, _ = decode(data, max_pixels=self.max_image_pixels)
         x = model.spec.preprocessing(image)
-        with self.gate.slot():
-            cap = capture(model, x)
-        return render_maps(feature_maps(model, cap, layer), layer, fmt, view, self.bounds)
+        with self.gate.slot():  # only this layer, and nothing after it: see layer_output
+            maps = as_feature_maps(model, layer, layer_output(model, x, layer))
+        return render_maps(maps, layer, fmt, view, self.bounds)
 
     def channel_stats(self, model_name: str, image_id: str, layer: str, top: int) -> dict[str, Any]:
         """Per-channel min/max/mean/std of a layer, and the ``top`` channels by mean."""
