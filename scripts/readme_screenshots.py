@@ -1,80 +1,143 @@
 """Regenerate the README screenshots (docs/screenshots/*.png) from the real UI.
 
-Skipped unless CONVSCOPE_UPDATE_SCREENSHOTS=1, so a normal test run never rewrites committed
-files:  CONVSCOPE_UPDATE_SCREENSHOTS=1 pytest tests/web/test_readme_screenshots.py
+    .venv/bin/python scripts/readme_screenshots.py [--only NAME ...] [--out DIR]
+
+Starts a throwaway server on 127.0.0.1 (bench.server.running_server, the one server-start
+helper), drives Debian's Chromium headless with Playwright, and writes one PNG per view at a
+desktop width and the first screen at a phone width. Look at them before committing.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import os
+import logging
+import sys
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # `bench` lives at the repository root
 
-pytestmark = [
-    pytest.mark.web,
-    pytest.mark.skipif(
-        os.environ.get("CONVSCOPE_UPDATE_SCREENSHOTS") != "1",
-        reason="set CONVSCOPE_UPDATE_SCREENSHOTS=1 to rewrite docs/screenshots",
-    ),
-]
+from bench.server import running_server  # noqa: E402
 
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+log = logging.getLogger("readme_screenshots")
+
+CHROMIUM = "/usr/bin/chromium"
+DOCS = REPO / "docs" / "screenshots"
+# Nothing is loading and every picture on screen has arrived.
 SETTLED = """() => !document.querySelector("[aria-busy='true']") &&
-  [...document.querySelectorAll('img')].filter((i) => i.offsetParent)
+  [...document.querySelectorAll('img')].filter((i) => i.offsetParent && i.getAttribute('src'))
     .every((i) => i.complete && i.naturalWidth > 0)"""
 
 
-def ids(base: str) -> dict[str, str]:
-    with urllib.request.urlopen(f"{base}/api/images") as response:
-        return {i["name"]: i["id"] for i in json.load(response)}
-
-
-def snap(page, url: str, name: str, scroll_to: str | None = None, before=None) -> None:
-    page.goto(url)
-    page.wait_for_selector("#layer-list li[aria-selected='true']")
-    page.wait_for_function(SETTLED)
-    if before:
-        before(page)
-        page.wait_for_function(SETTLED)
-    page.wait_for_timeout(300)
-    if scroll_to:
-        page.locator(scroll_to).evaluate(
-            "(e) => window.scrollTo(0, e.getBoundingClientRect().top + scrollY - 60)"
-        )
-        page.wait_for_timeout(200)
-    DOCS.mkdir(parents=True, exist_ok=True)
-    page.mouse.move(0, 799)
-    page.screenshot(path=str(DOCS / f"{name}.png"))
-
-
-def test_readme_screenshots(page, api_url):
-    image = ids(api_url)
-    base = f"{api_url}/?model=efficientnet_lite0"
-    snap(page, f"{base}&layer=blocks.1.0.conv_pw&image={image['cat']}&limit=32", "main")
-    snap(
-        page,
-        f"{base}&layer=blocks.2.0.conv_pw&image={image['cat']}&order=mean&channel=91&colormap=inferno",
-        "channel",
-        "#channel",
-    )
-    snap(
-        page,
-        f"{base}&layer=blocks.3.0.conv_pw&image={image['cat']}&compare={image['coffee']}&order=mean&limit=32",
-        "compare",
-        "#compare",
-    )
+@dataclass(frozen=True)
+class Shot:
+    name: str
+    search: Callable[[dict[str, str]], str]  # image name -> id, to the URL's query string
+    width: int = 1280
+    height: int = 800
+    scroll_to: str | None = None
+    full_page: bool = False
+    before: Callable[[object], None] | None = None
 
 
 def visualise(page) -> None:
     page.get_by_role("button", name="Visualise").click()
-    page.wait_for_selector("#channel-fv[data-state='done']", timeout=120_000)
+    page.wait_for_selector("#channel-fv[data-state='done']", timeout=180_000)
 
 
-def test_readme_screenshots_explain(page, api_url):
-    image = ids(api_url)
-    base = f"{api_url}/?model=efficientnet_lite0&image={image['cat']}"
-    snap(page, f"{base}&layer=blocks.4.0.conv_pw&channel=10", "channel_page", "#channel", visualise)
-    snap(page, f"{base}&layer=blocks.3.0.conv_pw", "attribution", "#attribution")
+SHOTS = (
+    Shot("main", lambda i: ""),  # the first screen of a bare URL
+    Shot("phone", lambda i: "", width=390, height=844, full_page=False),
+    Shot(
+        "channel",
+        lambda i: (
+            f"?layer=blocks.2.0.conv_pw&image={i['cat']}&order=mean&channel=91&colormap=inferno"
+        ),
+        scroll_to="#channel",
+    ),
+    Shot(
+        "compare",
+        lambda i: (
+            f"?layer=blocks.3.0.conv_pw&image={i['cat']}&compare={i['coffee']}&order=mean&limit=32"
+        ),
+        scroll_to="#compare",
+    ),
+    Shot(
+        "channel_page",
+        lambda i: f"?layer=blocks.4.0.conv_pw&image={i['cat']}&channel=10",
+        scroll_to="#channel",
+        before=visualise,
+    ),
+    Shot(
+        "attribution",
+        lambda i: f"?layer=blocks.3.0.conv_pw&image={i['cat']}",
+        scroll_to="#attribution",
+    ),
+)
+
+
+def image_ids(base: str) -> dict[str, str]:
+    with urllib.request.urlopen(f"{base}/api/images") as response:
+        return {i["name"]: i["id"] for i in json.load(response)}
+
+
+def take(browser, base: str, ids: dict[str, str], shot: Shot, out: Path) -> Path:
+    context = browser.new_context(viewport={"width": shot.width, "height": shot.height})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(120_000)
+        page.goto(f"{base}/{shot.search(ids)}")  # the default model: efficientnet_lite0
+        page.wait_for_selector("#layer-list li[aria-selected='true']")
+        page.wait_for_function(SETTLED)
+        if shot.before:
+            shot.before(page)
+            page.wait_for_function(SETTLED)
+        page.wait_for_timeout(300)
+        if shot.scroll_to:
+            page.locator(shot.scroll_to).evaluate(
+                "(e) => window.scrollTo(0, e.getBoundingClientRect().top + scrollY - 60)"
+            )
+            page.wait_for_timeout(200)
+        page.mouse.move(0, shot.height - 1)
+        path = out / f"{shot.name}.png"
+        page.screenshot(path=str(path), full_page=shot.full_page)
+        return path
+    finally:
+        context.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--only", nargs="*", choices=[s.name for s in SHOTS], help="these shots only"
+    )
+    parser.add_argument("--out", type=Path, default=DOCS, help=f"folder (default: {DOCS})")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not every readiness poll
+    if not Path(CHROMIUM).exists():
+        log.error("%s is not installed (apt-get install chromium)", CHROMIUM)
+        return 1
+    from playwright.sync_api import sync_playwright
+
+    shots = [s for s in SHOTS if not args.only or s.name in args.only]
+    args.out.mkdir(parents=True, exist_ok=True)
+    with running_server() as server, sync_playwright() as playwright:
+        ids = image_ids(server.url)
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            for shot in shots:
+                log.info("%s", take(browser, server.url, ids, shot, args.out))
+        finally:
+            browser.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

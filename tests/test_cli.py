@@ -93,3 +93,103 @@ def test_optimize_and_cam(tmp_path: Path) -> None:
         main(["cam", "efficientnet_lite0", "coffee", "--saliency", "guided", "-o", str(sal)]) == 0
     )
     assert main(["optimize", "efficientnet_lite0", "blocks.2", "9999", "-o", str(out)]) == 2
+
+
+# --- issue 13: quiet, errors that name commands, formats from -o, plain help, sample names
+
+
+def _run(*argv: str, env_dir: Path) -> subprocess.CompletedProcess[str]:
+    """The installed console script in a fresh process (so logging starts unconfigured)."""
+    import os
+
+    exe = Path(sys.executable).parent / "convscope"
+    env = os.environ | {
+        "CONVSCOPE_DATA_DIR": str(env_dir / "data"),
+        "CONVSCOPE_WEIGHTS_DIR": str(env_dir / "none"),
+    }
+    return subprocess.run([str(exe), *argv], capture_output=True, text=True, env=env, check=False)
+
+
+def test_quiet_by_default_and_verbose_on_request(tmp_path: Path) -> None:
+    quiet = _run("layers", "efficientnet_lite0", env_dir=tmp_path)
+    assert quiet.returncode == 0 and "conv_stem" in quiet.stdout
+    assert quiet.stderr == ""  # no "info ... loaded model" line
+    for argv in (("-v", "layers", "efficientnet_lite0"), ("layers", "-v", "efficientnet_lite0")):
+        loud = _run(*argv, env_dir=tmp_path)
+        assert loud.returncode == 0 and "loaded model efficientnet_lite0" in loud.stderr
+
+
+def test_errors_name_the_cli_command_to_run(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["filters", "efficientnet_lite0", "nope", "-o", "/tmp/x.png"]) == 2
+    err = capsys.readouterr().err
+    assert "`convscope layers efficientnet_lite0`" in err and "/api/" not in err
+    assert main(["layers", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "`convscope models`" in err and "/api/" not in err
+
+
+@pytest.mark.parametrize("name", ["out.gif", "out", "out.jpeg"])
+def test_an_unknown_output_extension_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    out = tmp_path / name
+    assert main(["filters", "efficientnet_lite0", "conv_stem", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "must be one of .png, .json, .npy" in err and not out.exists()
+    assert main(["optimize", "efficientnet_lite0", "blocks.2", "1", "-o", str(tmp_path / "a.npy")])
+    assert "must be one of .png" in capsys.readouterr().err
+    saliency = ["cam", "efficientnet_lite0", "cat", "--saliency", "vanilla"]
+    assert main([*saliency, "-o", str(tmp_path / "s.json")]) == 2
+    assert "must be one of .png, .npy" in capsys.readouterr().err
+
+
+def test_json_output_follows_the_extension(tmp_path: Path) -> None:
+    import json
+
+    out = tmp_path / "maps.json"
+    argv = ["activations", "efficientnet_lite0", "cat", "blocks.2", "--limit", "2", "-o"]
+    assert main([*argv, str(out)]) == 0
+    body = json.loads(out.read_text())
+    assert body["layer"] == "blocks.2" and len(body["channels"]) == 2
+
+
+def test_a_missing_image_file_says_what_is_expected(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = str(tmp_path / "photo.jpg")
+    for argv in (
+        ["activations", "efficientnet_lite0", missing, "conv_stem", "-o", str(tmp_path / "a.png")],
+        ["cam", "efficientnet_lite0", missing, "-o", str(tmp_path / "c.png")],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "neither a file nor a sample image" in err and "cat, coffee" in err
+        assert "Errno" not in err
+
+
+def test_sample_names_with_the_sample_prefix(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.npy", tmp_path / "b.npy"
+    assert main(["activations", "efficientnet_lite0", "sample:cat", "conv_stem", "-o", str(a)]) == 0
+    assert main(["activations", "efficientnet_lite0", "cat", "conv_stem", "-o", str(b)]) == 0
+    assert np.array_equal(np.load(a), np.load(b))
+
+
+def test_help_is_plain_text() -> None:
+    import re
+
+    parser_help = subprocess.run(
+        [str(Path(sys.executable).parent / "convscope"), "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for command in ("convert", "activations", "cam"):
+        assert command in parser_help
+    for argv in ([], ["convert"], ["filters"], ["cam"]):
+        text = subprocess.run(
+            [str(Path(sys.executable).parent / "convscope"), *argv, "--help"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "``" not in text and not re.search(r":(class|func|meth|data):`", text), argv

@@ -76,7 +76,12 @@ class Settings(BaseSettings):
 
     # Concurrency
     max_concurrent_compute: int = Field(default=2, ge=1)
-    max_queue: int = Field(default=32, ge=0)
+    max_queue: int = Field(
+        default=16,
+        ge=0,
+        description="Computations waiting for a slot; beyond: 503 overloaded with Retry-After. "
+        "Bounds the wait of an admitted request to about (slots + queue) forward passes.",
+    )
     max_inflight_requests: int = Field(
         default=48,
         ge=1,
@@ -115,9 +120,10 @@ class Settings(BaseSettings):
             "timm/tf_efficientnet_lite*",
             "timm/mobilenetv3_*",
             "timm/convnext_*",
+            "onnx",  # an ONNX graph, converted by onnx2torch (services/models/onnx.py)
         ],
-        description="Architectures an uploaded model may use ('torchvision/<name>' or "
-        "'timm/<name>', shell-style wildcards allowed).",
+        description="Architectures an uploaded model may use ('torchvision/<name>', "
+        "'timm/<name>', shell-style wildcards allowed, or 'onnx').",
     )
     models_poll_seconds: float = Field(
         default=5.0,
@@ -125,6 +131,18 @@ class Settings(BaseSettings):
         description="How often each replica checks the models folder for models uploaded or "
         "deleted through another replica; 0 turns polling off.",
     )
+
+    # Cluster (the optional `convscope[cluster]` extra; docs/operations.md, "On a Ray cluster")
+    ray_address: str | None = Field(
+        default=None,
+        description="A Ray cluster address (e.g. 127.0.0.1:6379): jobs then run as Ray tasks "
+        "and their table lives in the cluster, so every API process connected to it answers "
+        "for every job. data_dir must be one shared filesystem path on every node. "
+        "Unset: one process, Ray is never imported.",
+    )
+    ray_namespace: str = Field(default="convscope", description="Ray namespace of the job table.")
+    ray_job_cpus: float = Field(default=1.0, gt=0, description="CPUs each Ray job declares.")
+    ray_job_gpus: float = Field(default=0.0, ge=0, description="GPUs each Ray job declares.")
 
     # HTTP
     frontend_dir: Path | None = Field(default=_REPO_FRONTEND if _REPO_FRONTEND.is_dir() else None)
@@ -134,6 +152,68 @@ class Settings(BaseSettings):
         default="text", description="'json': one JSON object per line, with the request id."
     )
     metrics_enabled: bool = Field(default=True, description="Serve Prometheus GET /metrics.")
+
+    # --- Hardening (issue 10): every bound below is in docs/operations.md --------------------
+    max_model_parameters: int = Field(
+        default=200_000_000,
+        ge=1,
+        description="Parameters an uploaded or operator model may have, counted on the meta "
+        "device before any real weight is allocated.",
+    )
+    trusted_hosts: list[str] | None = Field(
+        default=None,
+        description="Host header values served ('*.example.org' wildcards). Unset: loopback "
+        "names only when `convscope serve` binds a loopback address, any host otherwise.",
+    )
+    max_watchers: int = Field(default=64, ge=1, description="Open SSE job streams, overall.")
+    max_watchers_per_client: int = Field(default=8, ge=1, description="Per client address.")
+    max_body_uploads: int = Field(
+        default=128, ge=1, description="Requests sending a body at once, overall."
+    )
+    max_body_uploads_per_client: int = Field(default=32, ge=1, description="Per client address.")
+    max_json_body_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="A JSON request body (optimize, deepdream)."
+    )
+    body_read_timeout_seconds: float = Field(
+        default=120.0, gt=0, description="A request body must arrive within this time."
+    )
+    body_idle_timeout_seconds: float = Field(
+        default=15.0, gt=0, description="Longest pause between two parts of a request body."
+    )
+    watch_max_seconds: float = Field(
+        default=1800.0, gt=0, description="An SSE job stream is closed after this long."
+    )
+    max_json_depth: int = Field(default=32, ge=2, description="Nesting of a JSON body or field.")
+    max_job_results: int = Field(default=2000, ge=1, description="Job result files kept.")
+    max_job_results_bytes: int = Field(default=512 * 1024**2, ge=1024)
+    job_results_max_age_seconds: float = Field(default=30 * 86400.0, gt=0)
+    janitor_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="How often leftovers (temporary files, staging folders, orphan blobs, "
+        "old results) are collected; 0: only at start.",
+    )
+
+    # --- Collections and dataset examples (issue 11; docs/operations.md) --------------------
+    collection_roots: list[Path] = Field(
+        default_factory=list,
+        description="Server folders a collection may be filled from (POST /api/collections "
+        "with {root, path}); a client names a root by its folder name, never a server path.",
+    )
+    max_collection_upload_bytes: int = Field(
+        default=1024**3, ge=1024, description="Body of one POST /api/collections/{cid}/images."
+    )
+    max_collection_members: int = Field(
+        default=20_000, ge=1, description="Files of one upload, archive or server folder."
+    )
+    max_collection_bytes: int = Field(
+        default=8 * 1024**3,
+        ge=1024,
+        description="Uncompressed bytes of one archive or server folder (archive bombs).",
+    )
+    builtin_collection: bool = Field(
+        default=True, description="Create the small built-in collection of sample photos."
+    )
 
     @model_validator(mode="after")
     def _models_dir_in_data_dir(self) -> Settings:

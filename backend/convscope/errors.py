@@ -1,4 +1,8 @@
-"""Domain errors. They carry data; ``api/errors.py`` alone maps them to HTTP."""
+"""Domain errors. They carry data; ``api/errors.py`` alone maps them to HTTP.
+
+Over 300 lines: one short class per stable error code, each with the data its message
+needs; one file is where a client's ``code`` is looked up.
+"""
 
 from __future__ import annotations
 
@@ -188,7 +192,171 @@ class ModelNotDeletableError(ConvscopeError):
         )
 
 
+class ImageNotDeletableError(ConvscopeError):
+    code = "image_not_deletable"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"image {name!r} is a bundled sample; only your own uploads can be deleted",
+            image=name,
+        )
+
+
+class UnsupportedOperatorError(ConvscopeError):
+    """An ONNX graph holds an operator that cannot be converted to PyTorch."""
+
+    code = "unsupported_operator"
+
+    def __init__(self, operator: str, detail: str) -> None:
+        super().__init__(detail, operator=operator)
+
+
 class StorageError(ConvscopeError):
     """The shared store (data or models folder) cannot be written: full, read-only, gone."""
 
     code = "storage_unavailable"
+
+
+# --- weights (expanded weights, filter analysis, compare) ---------------------------------
+
+
+class NotOnImageError(ConvscopeError):
+    """Filter analysis needs a conv layer that reads the input image itself."""
+
+    code = "not_on_image"
+
+    def __init__(self, model: str, layer: str, why: str) -> None:
+        super().__init__(
+            f"layer {layer!r} of model {model!r} {why}; expected a conv layer whose input is "
+            f"the image (the first conv, e.g. conv_stem or conv1; see GET /api/models/{model}/"
+            "layers)",
+            model=model,
+            layer=layer,
+        )
+
+
+class ArchitectureMismatchError(ConvscopeError):
+    """Two models compared layer by layer must share one architecture."""
+
+    code = "architecture_mismatch"
+
+    def __init__(self, model_a: str, model_b: str, layer: str, why: str) -> None:
+        super().__init__(
+            f"models {model_a!r} and {model_b!r} differ first at layer {layer!r}: {why}; "
+            "expected two checkpoints of the same architecture",
+            layer=layer,
+        )
+
+
+# --- collections and dataset examples ---------------------------------------------------
+
+
+class UnknownCollectionError(ConvscopeError):
+    code = "unknown_collection"
+
+    def __init__(self, cid: str) -> None:
+        super().__init__(
+            f"unknown collection {cid!r}; see GET /api/collections, or create one with "
+            "POST /api/collections",
+            collection=cid,
+        )
+
+
+class EmptyCollectionError(ConvscopeError):
+    code = "empty_collection"
+
+    def __init__(self, cid: str) -> None:
+        super().__init__(
+            f"collection {cid!r} has no images to index; add some with "
+            f"POST /api/collections/{cid}/images",
+            collection=cid,
+        )
+
+
+class IndexNotFoundError(ConvscopeError):
+    code = "index_not_found"
+
+    def __init__(self, model: str, cid: str) -> None:
+        super().__init__(
+            f"collection {cid!r} has no index for model {model!r} (with its current weights "
+            f"and preprocessing); build it with POST /api/models/{model}/collections/{cid}/index",
+            model=model,
+            collection=cid,
+        )
+
+
+class LayerNotIndexedError(ConvscopeError):
+    code = "layer_not_indexed"
+
+    def __init__(self, model: str, cid: str, layer: str) -> None:
+        super().__init__(
+            f"the index of collection {cid!r} for model {model!r} does not cover layer "
+            f"{layer!r}; index it with POST /api/models/{model}/collections/{cid}/index and "
+            f'{{"layers": ["{layer}"]}} (or no layers: every spatial module)',
+            model=model,
+            collection=cid,
+            layer=layer,
+        )
+
+
+class NotSpatialLayerError(ConvscopeError):
+    code = "not_spatial"
+
+    def __init__(self, model: str, layer: str, shape: object) -> None:
+        super().__init__(
+            f"layer {layer!r} of model {model!r} has output shape {shape}, not a spatial "
+            f"[C, H, W] map; expected a layer with a 3-dimensional output_shape in "
+            f"GET /api/models/{model}/layers",
+            model=model,
+            layer=layer,
+        )
+
+
+class ArchiveTooLargeError(ConvscopeError):
+    """An archive over the member-count or uncompressed-size bound (a bomb)."""
+
+    code = "archive_too_large"
+
+
+class InvalidArchiveError(ConvscopeError):
+    code = "invalid_archive"
+
+
+class CollectionPathError(ConvscopeError):
+    """A server folder outside the allow-list (CONVSCOPE_COLLECTION_ROOTS), or not a folder."""
+
+    code = "collection_path_refused"
+
+
+# --- hardening (issue 10) -------------------------------------------------------------------
+
+
+class JobTokenError(ConvscopeError):
+    """Cancelling a job needs the control token its submitter got (``token`` in the 202)."""
+
+    code = "job_token_invalid"
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            f"cancelling job {job_id!r} needs the control token returned to its submitter "
+            "(the 'token' of POST .../optimize), sent as the header 'X-Job-Token'",
+            job=job_id,
+        )
+
+
+class StorageFullError(StorageError):
+    """The disk holding the data or models folder is full (or over its quota)."""
+
+    code = "storage_full"
+
+
+class JsonTooDeepError(ConvscopeError):
+    """A JSON document nested deeper than ``CONVSCOPE_MAX_JSON_DEPTH`` (refused unparsed)."""
+
+    code = "json_too_deep"
+
+    def __init__(self, what: str, limit: int) -> None:
+        super().__init__(
+            f"{what}: JSON nested deeper than {limit} levels (CONVSCOPE_MAX_JSON_DEPTH)",
+            parameter=what,
+        )

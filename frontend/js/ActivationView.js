@@ -3,7 +3,8 @@
 
 import * as api from './api.js';
 import { download, emit, h, safeName } from './dom.js';
-import { GridImage } from './GridImage.js';
+import { GridImage, gridSize } from './GridImage.js';
+import { Legend } from './Legend.js';
 import { Panel } from './Panel.js';
 
 const fmt = (x) => (typeof x === 'number' ? x.toPrecision(3) : '?');
@@ -17,6 +18,7 @@ export class ActivationView {
   constructor(root, { title = 'Activations', compact = false } = {}) {
     this.root = root;
     this.compact = compact;
+    this.title = title;
     this.panel = new Panel(root, title, { level: compact ? 'h3' : 'h2' });
     this.channels = [];
     this.stats = new Map();
@@ -24,11 +26,13 @@ export class ActivationView {
       label: 'Activation maps, one tile per channel',
       describe: (i) => this.describe(this.channels[i]),
       onPick: (i) => emit(root, 'cs:channel', { channel: this.channels[i] }),
+      onCursor: (i) => this.legend.focus(i),
     });
+    this.legend = new Legend({ unit: 'channel' });
     this.caption = h('p', { class: 'muted small' });
     this.links = h('div', { class: 'downloads' });
     this.panel.tools.append(this.links);
-    this.panel.body.append(this.caption, this.grid.el);
+    this.panel.body.append(this.caption, this.legend.el, this.grid.el);
     this.key = null;
   }
 
@@ -39,10 +43,12 @@ export class ActivationView {
 
   empty(text) {
     this.key = null;
+    this.panel.setTitle(this.title);
     this.panel.cancel();
     this.panel.body.hidden = true;
     this.links.replaceChildren();
     this.grid.clear();
+    this.legend.show(null);
     this.panel.message('empty', text);
   }
 
@@ -68,6 +74,11 @@ export class ActivationView {
     if (key !== this.key) {
       this.key = key;
       this.panel.body.hidden = false;
+      if (!this.compact) this.panel.setTitle(`Feature maps of ${layer}`);
+      if (Array.isArray(out)) {
+        const count = params.limit ? Math.min(params.limit, out[0]) : out[0];
+        this.grid.expect(gridSize(count, out[1] * params.scale, out[2] * params.scale, 2));
+      }
       this.load(model, image, layer, out, params);
     }
     this.selected = channel;
@@ -85,6 +96,7 @@ export class ActivationView {
       const total = out?.[0] ?? stats.shape?.[0] ?? grid.channels.length;
       await this.grid.show(grid.url, grid.grid, grid.channels.length);
       signal.throwIfAborted();
+      this.legend.show(grid.scale, { names: grid.channels });
       this.grid.select(this.channels.indexOf(this.selected));
       const order = params.order === 'mean' ? 'strongest mean activation first' : 'by channel index';
       const map = out ? `${out[1]}×${out[2]}` : '';

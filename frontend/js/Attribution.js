@@ -7,6 +7,8 @@ import * as api from './api.js';
 import { download, emit, h, safeName, select } from './dom.js';
 import { Panel } from './Panel.js';
 import { percent } from './CamStrip.js';
+import { JobBar } from './JobBar.js';
+import { Legend } from './Legend.js';
 
 const CAM_METHODS = [['gradcam', 'Grad-CAM'], ['gradcampp', 'Grad-CAM++'], ['scorecam', 'Score-CAM (slow)']];
 const SAL_METHODS = [['vanilla', 'Gradient'], ['smoothgrad', 'SmoothGrad (slower)'], ['guided', 'Guided backprop']];
@@ -47,7 +49,17 @@ export class Attribution {
       this.camMethod,
       h('label', { class: 'field field-inline', for: 'cam-opacity' }, h('span', { class: 'field-label', text: 'Opacity' }), this.alpha),
     );
-    this.cam.body.append(h('div', { class: 'overlay-stack attr-stack' }, this.camBase, this.camTop), this.camCaption, this.camLinks);
+    this.camJob = new JobBar('cam-progress', 'Class activation map');
+    this.camLegend = new Legend();
+    this.camRetry = h('button', { type: 'button', class: 'btn btn-small', text: 'Run again', hidden: true, onclick: () => this.retry('cam') });
+    this.cam.body.append(
+      this.camJob.el,
+      this.camRetry,
+      h('div', { class: 'overlay-stack attr-stack' }, this.camBase, this.camTop),
+      this.camLegend.el,
+      this.camCaption,
+      this.camLinks,
+    );
 
     // Saliency
     const salRoot = h('section', { class: 'subpanel', id: 'saliency-panel' });
@@ -57,7 +69,10 @@ export class Attribution {
     this.salImg = h('img', { class: 'attr-img', alt: 'Saliency map' });
     this.salCaption = h('p', { class: 'muted small' });
     this.salLinks = h('div', { class: 'downloads' });
-    this.sal.body.append(this.salImg, this.salCaption, this.salLinks);
+    this.salJob = new JobBar('saliency-progress', 'Saliency');
+    this.salLegend = new Legend();
+    this.salRetry = h('button', { type: 'button', class: 'btn btn-small', text: 'Run again', hidden: true, onclick: () => this.retry('sal') });
+    this.sal.body.append(this.salJob.el, this.salRetry, h('div', { class: 'attr-frame' }, this.salImg), this.salLegend.el, this.salCaption, this.salLinks);
 
     this.panel.body.append(this.intro, h('div', { class: 'columns attr-columns' }, camRoot, salRoot));
     this.keys = { rows: null, cam: null, sal: null };
@@ -68,7 +83,31 @@ export class Attribution {
     this.camTop.style.opacity = String(alpha);
   }
 
-  update({ model, image, imageName, modelInfo, cam, sal, cls, alpha }) {
+  /** Ask again for a picture whose job was cancelled. */
+  retry(which) {
+    this.keys[which] = null;
+    if (this.last) this.update(this.last);
+  }
+
+  /** Run `work`; a cancelled job ends in a note and a "Run again" button, not an error. */
+  async job(panel, bar, retryButton, what, work) {
+    retryButton.hidden = true;
+    await panel.load(async (signal) => {
+      try {
+        await work(signal, (job) => bar.show(job));
+      } catch (err) {
+        if (err?.code !== 'cancelled' || signal.aborted) throw err;
+        panel.message('info', `${what} cancelled.`);
+        retryButton.hidden = false;
+      } finally {
+        bar.hide();
+      }
+    });
+  }
+
+  update(args) {
+    this.last = args;
+    const { model, image, imageName, modelInfo, cam, sal, cls, alpha } = args;
     this.root.hidden = !image || !model;
     if (this.root.hidden) {
       this.keys = { rows: null, cam: null, sal: null };
@@ -119,13 +158,14 @@ export class Attribution {
     if (camKey !== this.keys.cam) {
       this.keys.cam = camKey;
       this.camCaption.textContent = cam === 'scorecam' ? 'Score-CAM runs the network once per channel: this takes a while…' : '';
-      this.cam.load(async (signal) => {
+      this.job(this.cam, this.camJob, this.camRetry, 'Score-CAM', async (signal, onJob) => {
         const [result] = await Promise.all([
-          api.camImage(model, image, { method: cam, class_index: klass, alpha: 1 }, signal),
+          api.camImage(model, image, { method: cam, class_index: klass, alpha: 1 }, signal, onJob),
           this.rowsPromise,
         ]);
         this.camBase.src = api.urls.input(model, image);
         swap(this.camTop, result.url);
+        this.camLegend.show(result.scale);
         this.camCaption.textContent = `${this.className(result.classIndex)} · layer ${result.layer ?? '?'} · red: raises the score.`;
         const alphaNow = Number(this.alpha.value) / 100;
         this.camLinks.replaceChildren(
@@ -138,12 +178,13 @@ export class Attribution {
     if (salKey !== this.keys.sal) {
       this.keys.sal = salKey;
       this.salCaption.textContent = '';
-      this.sal.load(async (signal) => {
+      this.job(this.sal, this.salJob, this.salRetry, 'SmoothGrad', async (signal, onJob) => {
         const [result] = await Promise.all([
-          api.saliencyImage(model, image, { method: sal, class_index: klass }, signal),
+          api.saliencyImage(model, image, { method: sal, class_index: klass }, signal, onJob),
           this.rowsPromise,
         ]);
         swap(this.salImg, result.url);
+        this.salLegend.show(result.scale);
         this.salCaption.textContent = `${this.className(result.classIndex)} · bright: pixels whose change moves the score most.`;
         this.salLinks.replaceChildren(
           download(api.urls.saliency(model, image, { method: sal, class_index: klass, format: 'png' }), 'PNG', `${base}_${sal}.png`),

@@ -5,6 +5,7 @@
 import * as api from './api.js';
 import { download, h, safeName } from './dom.js';
 import { GridImage } from './GridImage.js';
+import { Legend } from './Legend.js';
 import { Panel } from './Panel.js';
 
 const fmt = (x) => (Number.isFinite(x) ? x.toPrecision(3) : '—');
@@ -16,10 +17,12 @@ export class ChannelFilter {
       label: 'Weights of this channel, one tile per input channel',
       describe: (i) => this.describe(i),
       onPick: (i) => this.grid.select(i),
+      onCursor: (i) => this.legend.focus(i),
     });
     this.caption = h('p', { class: 'muted small' });
     this.links = h('div', { class: 'downloads' });
-    this.panel.body.append(this.grid.el, this.caption, this.links);
+    this.legend = new Legend({ unit: 'input channel' });
+    this.panel.body.append(this.grid.el, this.legend.el, this.caption, this.links);
     this.key = null;
     this.stats = null;
   }
@@ -50,7 +53,7 @@ export class ChannelFilter {
     const rgb = layerInfo.in_channels === 3 && !layerInfo.depthwise && (layerInfo.groups ?? 1) === 1;
     const params = rgb
       ? { channels: channel, scale: Math.max(1, Math.min(32, Math.floor(144 / k))), background: api.GRID_BACKGROUND }
-      : { filter: channel, normalize: pointwise ? 'layer' : fnorm, scale: Math.max(1, Math.min(24, Math.floor(24 / k))), background: api.GRID_BACKGROUND };
+      : { filter: channel, normalize: pointwise ? 'layer' : fnorm === 'auto' ? null : fnorm, scale: Math.max(1, Math.min(24, Math.floor(24 / k))), background: api.GRID_BACKGROUND };
     const key = JSON.stringify([model, layer, params]);
     if (key === this.key) return;
     this.key = key;
@@ -66,6 +69,7 @@ export class ChannelFilter {
       this.stats = info?.filter_stats ?? null;
       await this.grid.show(grid.url, grid.grid, grid.channels.length);
       signal.throwIfAborted();
+      this.legend.show(grid.scale);
       const size = kernel.join('×');
       if (rgb) {
         this.caption.textContent = `The ${size} kernel of channel ${channel}, its three input slices shown as one RGB tile.`;

@@ -3,6 +3,7 @@
 
 import * as api from './api.js';
 import { h } from './dom.js';
+import { Legend } from './Legend.js';
 import { Panel } from './Panel.js';
 
 const fmt = (x) => (Number.isFinite(x) ? x.toFixed(4) : '—');
@@ -16,6 +17,7 @@ export class ChannelMap {
     this.top = h('img', { class: 'overlay-top', alt: '' });
     this.stats = h('dl', { class: 'stats' });
     this.values = null;
+    this.legend = new Legend({ unit: 'channel' });
     this.map.addEventListener('pointermove', (e) => this.point(e));
     this.map.addEventListener('pointerleave', () => {
       this.readout.textContent = 'Point at the map to read values.';
@@ -24,7 +26,7 @@ export class ChannelMap {
       h(
         'div',
         { class: 'channel-maps' },
-        h('figure', { class: 'channel-figure' }, this.map, h('figcaption', {}, this.readout)),
+        h('figure', { class: 'channel-figure' }, this.map, h('figcaption', {}, this.legend.el, this.readout)),
         h('figure', { class: 'channel-figure overlay' }, h('div', { class: 'overlay-stack' }, this.base, this.top), h('figcaption', { class: 'muted small', text: 'Over the network input' })),
       ),
       this.stats,
@@ -66,6 +68,7 @@ export class ChannelMap {
       ]);
       this.values = values;
       this.swap(this.map, big.url);
+      this.legend.show(big.scale);
       this.swap(this.top, soft.url);
       this.base.src = api.urls.input(model, image);
       this.stats.replaceChildren(

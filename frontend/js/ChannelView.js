@@ -9,8 +9,11 @@ import { download, emit, h, safeName } from './dom.js';
 import { CamStrip } from './CamStrip.js';
 import { ChannelFilter } from './ChannelFilter.js';
 import { ChannelMap } from './ChannelMap.js';
+import { DatasetExamples } from './DatasetExamples.js';
+import { ExpandedWeights } from './ExpandedWeights.js';
 import { FeatureVis } from './FeatureVis.js';
 import { Panel } from './Panel.js';
+import { channelOpen } from './state.js';
 
 export class ChannelView {
   constructor(root) {
@@ -51,20 +54,27 @@ export class ChannelView {
     fvRoot.id = 'channel-fv';
     filterRoot.id = 'channel-filter';
     camRoot.id = 'channel-cam';
+    const expandedRoot = sub('cp-expanded', 'Expanded weights');
+    expandedRoot.id = 'channel-expanded';
+    this.expanded = new ExpandedWeights(expandedRoot);
     this.fv = new FeatureVis(fvRoot);
     this.filter = new ChannelFilter(filterRoot);
     this.cams = new CamStrip(camRoot, { top: 3 });
-    this.page = h('div', { class: 'channel-page' }, maps, fvRoot, filterRoot, camRoot);
-    this.panel.body.append(this.page);
+    this.page = h('div', { class: 'channel-page' }, maps, fvRoot, filterRoot, expandedRoot, camRoot);
+    // The unit page's dataset examples (issue 11): below the grid, the width of the page.
+    const examplesRoot = sub('cp-examples', 'Dataset examples');
+    examplesRoot.id = 'channel-examples';
+    this.examples = new DatasetExamples(examplesRoot);
+    this.panel.body.append(this.page, examplesRoot);
   }
 
   go(channel) {
     if (Number.isInteger(channel) && channel >= 0 && channel < this.count) emit(this.root, 'cs:channel', { channel });
   }
 
-  update({ model, modelInfo, images, layer, layerInfo, channel, opts, fv, fvsteps, fvsize, fnorm }) {
+  update({ model, modelInfo, images, layer, layers, layerInfo, channel, opts, fv, fvsteps, fvsize, fnorm, coll = null, collections = 0 }) {
     const out = layerInfo?.output_shape;
-    const open = channel !== null && layer && Array.isArray(out) && out.length === 3 && channel < out[0];
+    const open = channelOpen({ channel, layer }, layerInfo);
     this.root.hidden = !open;
     if (!open) return;
     this.channel = channel;
@@ -76,6 +86,8 @@ export class ChannelView {
     this.page.classList.toggle('two-images', images.length === 2);
     this.fv.update({ model, layer, layerInfo, channel, fv, fvsteps, fvsize });
     this.filter.update({ model, layer, layerInfo, channel, fnorm });
+    this.expanded.update({ model, layer, layers, channel });
+    this.examples.update({ model, layer, channel, coll, version: collections });
     this.cams.update({ model, image: images[0]?.id ?? null, imageName: images.length === 2 ? images[0].name : null, modelInfo });
     this.noImage.hidden = images.length > 0;
     this.links.hidden = images.length === 0;

@@ -4,7 +4,8 @@
 
 import * as api from './api.js';
 import { download, emit, h, safeName, select } from './dom.js';
-import { GridImage } from './GridImage.js';
+import { GridImage, gridSize } from './GridImage.js';
+import { Legend } from './Legend.js';
 import { Panel } from './Panel.js';
 
 const fmt = (x) => (Number.isFinite(x) ? x.toPrecision(3) : '—');
@@ -17,7 +18,9 @@ export class FilterGrid {
       label: 'Conv filters, one tile per output channel',
       describe: (i) => `filter ${i}`,
       onPick: (i) => this.enlarge(i),
+      onCursor: (i) => this.legend.focus(i),
     });
+    this.legend = new Legend({ unit: 'filter' });
     this.canvas = h('canvas', { class: 'filter-zoom', width: 160, height: 160, 'aria-label': 'Enlarged filter' });
     this.zoomText = h('p', { class: 'small' });
     this.zoom = h('figure', { class: 'zoom', hidden: true }, this.canvas, h('figcaption', {}, this.zoomText));
@@ -25,12 +28,15 @@ export class FilterGrid {
     this.links = h('div', { class: 'downloads' });
     this.norm = h('div');
     this.panel.tools.append(this.norm, this.links);
-    this.panel.body.append(this.caption, h('div', { class: 'filters-body' }, this.grid.el, this.zoom));
+    this.panel.body.append(this.caption, this.legend.el, h('div', { class: 'filters-body' }, this.grid.el, this.zoom));
     this.key = null;
   }
 
   empty(text) {
     this.key = null;
+    this.panel.setTitle('Filters');
+    this.legend.show(null);
+    this.caption.textContent = '';
     this.panel.cancel();
     this.panel.body.hidden = true;
     this.norm.replaceChildren();
@@ -47,7 +53,9 @@ export class FilterGrid {
     const k = layerInfo.kernel_size?.[0] ?? layerInfo.kernel_size ?? 3;
     // A 1×1 kernel normalised on its own is always one flat colour: compare across the layer.
     const pointwise = (layerInfo.kernel_size ?? [k]).every((n) => n === 1);
-    const normalize = pointwise ? 'layer' : fnorm;
+    // 'auto' leaves it to the server: per filter where a tile is a picture, layer-wide for
+    // 1×1 kernels and reductions over input channels (per tile those show only signs).
+    const normalize = pointwise ? 'layer' : fnorm === 'auto' ? null : fnorm;
     const params = { normalize, scale: Math.max(1, Math.min(16, Math.floor(28 / k))), background: api.GRID_BACKGROUND };
     const key = JSON.stringify([model, layer, params]);
     if (key === this.key) return;
@@ -60,8 +68,8 @@ export class FilterGrid {
       select({
         id: 'opt-fnorm',
         label: 'Normalise',
-        value: normalize,
-        options: [['filter', 'Per filter'], ['layer', 'Across the layer']],
+        value: normalize ?? 'auto',
+        options: [['auto', 'Automatic'], ['filter', 'Per filter'], ['layer', 'Across the layer']],
         onchange: (value) => emit(this.root, 'cs:option', { key: 'fnorm', value }),
       }),
     );
@@ -69,11 +77,16 @@ export class FilterGrid {
     this.zoom.hidden = true;
     this.params = params;
     this.values = null;
+    if (layerInfo.out_channels) {
+      const [kh, kw] = layerInfo.kernel_size ?? [k, k];
+      this.grid.expect(gridSize(layerInfo.out_channels, kh * params.scale, kw * params.scale, 1));
+    }
     this.panel.load(async (signal) => {
-      const { url, channels, grid } = await api.filterGrid(model, layer, params, signal);
+      const { url, channels, grid, scale } = await api.filterGrid(model, layer, params, signal);
       this.channels = channels;
       await this.grid.show(url, grid, channels.length);
       signal.throwIfAborted();
+      this.legend.show(scale, { names: channels });
       const size = layerInfo.kernel_size?.join('×') ?? k;
       const how = layerInfo.depthwise || layerInfo.groups > 1
         ? 'depthwise, one input channel each'

@@ -21,6 +21,19 @@ export function tileLayout({ tileWidth, tileHeight, padding = 0, nrow, ncol }, w
   return { cols, rows, tileWidth: width / cols - padding, tileHeight: height / rows - padding, padding, offset: 0, width, height };
 }
 
+/**
+ * The pixel size of a server grid of `count` tiles of `tileHeight`×`tileWidth` (padding
+ * between and around), laid out as the server does (render/grid.py default_ncol): a roughly
+ * 4:3 landscape grid. Lets a view reserve the final size before the PNG arrives.
+ */
+export function gridSize(count, tileHeight, tileWidth, padding) {
+  if (count < 1) return null;
+  const pad = count === 1 ? 0 : padding;
+  const ncol = Math.max(1, Math.min(count, Math.ceil(Math.sqrt(((count * 4) / 3) * (tileHeight / Math.max(tileWidth, 1))))));
+  const rows = Math.ceil(count / ncol);
+  return { width: ncol * (tileWidth + pad) + pad, height: rows * (tileHeight + pad) + pad };
+}
+
 export class GridImage {
   /**
    * @param {object} o
@@ -28,13 +41,15 @@ export class GridImage {
    * @param {(i:number)=>string} o.describe  text for tile i (tooltip and live region)
    * @param {(i:number)=>void} o.onPick  called when tile i is clicked or chosen with Enter
    */
-  constructor({ label, describe, onPick }) {
+  constructor({ label, describe, onPick, onCursor }) {
     this.describe = describe;
     this.onPick = onPick;
+    this.onCursor = onCursor;
     this.count = 0;
     this.cursor = -1;
     this.layout = null;
-    this.img = h('img', { class: 'grid-img', alt: label, draggable: 'false' });
+    // No alt text: the frame carries the name, and a missing picture must never show words.
+    this.img = h('img', { class: 'grid-img', alt: '', draggable: 'false' });
     this.hoverMark = h('div', { class: 'tile-mark tile-hover', hidden: true });
     this.selectMark = h('div', { class: 'tile-mark tile-selected', hidden: true });
     this.tip = h('div', { class: 'tile-tip', 'aria-live': 'polite' });
@@ -55,6 +70,13 @@ export class GridImage {
       this.selectMark,
     );
     this.el = h('div', { class: 'grid' }, this.frame, this.tip);
+    this.frame.classList.add('is-empty');
+  }
+
+  /** Reserve the final size (`gridSize`) while nothing is shown yet; a shown grid stays. */
+  expect(size) {
+    if (this.img.getAttribute('src') || !size) return;
+    this.frame.style.aspectRatio = `${size.width} / ${size.height}`;
   }
 
   /** Show a new grid. `layout` as in tileLayout; `count` tiles are real. */
@@ -63,6 +85,10 @@ export class GridImage {
     this.img.src = url;
     await this.img.decode().catch(() => {});
     if (old.startsWith('blob:')) URL.revokeObjectURL(old);
+    this.frame.classList.remove('is-empty');
+    if (this.img.naturalWidth) {
+      this.frame.style.aspectRatio = `${this.img.naturalWidth} / ${this.img.naturalHeight}`;
+    }
     this.layout = tileLayout(layout, this.img.naturalWidth, this.img.naturalHeight);
     this.count = count;
     this.cursor = -1;
@@ -104,6 +130,7 @@ export class GridImage {
     this.cursor = index;
     this.place(this.hoverMark, index);
     this.tip.textContent = index >= 0 ? this.describe(index) : '';
+    this.onCursor?.(index);
   }
 
   point(event) {
@@ -140,6 +167,8 @@ export class GridImage {
   clear() {
     if (this.img.src.startsWith('blob:')) URL.revokeObjectURL(this.img.src);
     this.img.removeAttribute('src');
+    this.frame.classList.add('is-empty');
+    this.frame.style.aspectRatio = '';
     this.layout = null;
     this.count = 0;
     this.moveCursor(-1);

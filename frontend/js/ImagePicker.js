@@ -1,6 +1,8 @@
 // ImagePicker.js — bundled samples and uploads as thumbnails; upload by button, drag and drop
 // or paste. Also picks the second image for compare mode.
-// Emits cs:image {image}, cs:uploaded {image}, cs:compare {image|null}.
+// Uploads are private to the browser that sent them (the server keys them to it) and can be
+// deleted from here. Emits cs:image {image}, cs:uploaded {image}, cs:deleted {image},
+// cs:compare {image|null}.
 
 import * as api from './api.js';
 import { emit, h } from './dom.js';
@@ -72,6 +74,13 @@ export class ImagePicker {
     });
   }
 
+  async remove(image) {
+    await this.panel.load(async (signal) => {
+      await api.deleteImage(image.id, signal);
+      emit(this.root, 'cs:deleted', { image: image.id });
+    });
+  }
+
   update({ images, selected, compare, error }) {
     if (error) this.panel.message('error', describeError(error));
     if (!images) return;
@@ -82,8 +91,10 @@ export class ImagePicker {
     const showing = this.panel.status.querySelector('.msg');
     if (!selected && !showing?.classList.contains('msg-error')) {
       this.panel.message('empty', 'Pick a sample or upload a photo to see what the network sees in it.');
-    } else if (selected && (showing?.classList.contains('msg-empty') || selected !== this.selected)) {
-      this.panel.message(null); // an image is showing: the hint, or an older refusal, is done
+    } else if (selected && (showing?.classList.contains('msg-empty') || (this.selected !== null && selected !== this.selected))) {
+      // An image is showing: the hint, or a refusal older than a newly picked image, is done
+      // (the default sample, filled in when the listing lands, is not a new pick).
+      this.panel.message(null);
       this.root.classList.remove('has-error');
     }
     this.selected = selected;
@@ -107,6 +118,18 @@ export class ImagePicker {
             h('span', { class: 'thumb-name', text: image.name }),
             image.kind === 'upload' ? h('span', { class: 'badge', text: 'upload' }) : null,
           ),
+          // Only the uploader's listing has its uploads; `owned: false` would mark any other.
+          image.kind === 'upload' && image.owned !== false
+            ? h('button', {
+                type: 'button',
+                class: 'thumb-delete',
+                'aria-label': `Delete the upload ${image.name}`,
+                title: `Delete ${image.name} from the server`,
+                text: '×',
+                dataset: { delete: image.id },
+                onclick: () => this.remove(image),
+              })
+            : null,
         ),
       ),
     );

@@ -14,8 +14,16 @@ export class ModelPicker {
     });
     this.notes = h('details', { class: 'model-notes', hidden: true });
     this.error = h('p', { class: 'msg msg-error', role: 'alert', hidden: true });
+    this.warning = h('span', {
+      id: 'model-unverified',
+      class: 'badge-warn',
+      hidden: true,
+      text: 'Unverified weights',
+      title: 'The server could not verify these weights (hash check off or no known hash): they may be random or not what the name says.',
+    });
     root.replaceChildren(
       h('label', { class: 'field field-inline', for: 'model-select' }, h('span', { class: 'field-label', text: 'Model' }), this.select),
+      this.warning,
       this.notes,
       this.error,
     );
@@ -31,16 +39,22 @@ export class ModelPicker {
     this.key = key;
     this.select.replaceChildren(
       ...models.map((m) => {
-        const label = `${m.title || m.name} · ${SOURCE[m.source] ?? m.source}`;
+        // `verified: false`: weights whose hash or origin the server could not check.
+        const unverified = m.verified === false;
+        const label = `${m.title || m.name} · ${SOURCE[m.source] ?? m.source}${unverified ? ' · unverified weights' : ''}`;
+        const about = `${m.name}, input ${m.input_size?.join('×')}${unverified ? '; the weights were not verified: predictions may be meaningless' : ''}`;
         return h('option', {
           value: m.name,
           disabled: !m.available,
-          title: m.available ? `${m.name}, input ${m.input_size?.join('×')}` : [m.error, m.hint].filter(Boolean).join(' — '),
+          dataset: { verified: String(!unverified) },
+          title: m.available ? about : [m.error, m.hint].filter(Boolean).join(' — '),
           text: m.available ? label : `${label} (unavailable)`,
         });
       }),
     );
     this.select.value = selected ?? '';
+    const chosen = models.find((m) => m.name === selected);
+    this.warning.hidden = chosen?.verified !== false;
     const missing = models.filter((m) => !m.available);
     this.notes.hidden = missing.length === 0;
     this.notes.replaceChildren(

@@ -21,14 +21,18 @@ export class Predictions {
     this.key = key;
     this.list.replaceChildren();
     if (!model || !image) {
+      this.list.style.minHeight = '';
       this.panel.cancel();
       this.panel.message('empty', 'Predictions appear once you pick an image.');
       return;
     }
     if (modelInfo && !modelInfo.num_classes) {
+      this.list.style.minHeight = '';
       this.panel.message('info', 'This model has no class labels.');
       return;
     }
+    // While the rows load, the list keeps their height (a row is 2.6em with the gap).
+    this.list.style.minHeight = `calc(${this.top} * 2.6em - 0.6em)`;
     this.panel.load(async (signal) => {
       const rows = await api.predictions(model, image, this.top, signal);
       this.list.replaceChildren(

@@ -55,9 +55,18 @@ async function request(path, { signal, method = 'GET', body, headers } = {}) {
   return response;
 }
 
+// Job control tokens: a job's submitter gets one in the answer that started it (an optimize
+// POST, a 202 from an attribution GET); DELETE /api/jobs/{id} needs it (X-Job-Token).
+const jobTokens = new Map();
+
 async function json(path, options) {
   const response = await request(path, options);
   const data = await response.json();
+  if (data && typeof data.id === 'string' && typeof data.token === 'string') {
+    // Asking again for the same work gives another token for the same job: keep them all.
+    const held = jobTokens.get(data.id) || [];
+    jobTokens.set(data.id, [...held, data.token].slice(-64));
+  }
   options?.signal?.throwIfAborted();
   return data;
 }
@@ -101,6 +110,11 @@ export function uploadImage(file, signal) {
   return json('/api/images', { method: 'POST', body: form, signal });
 }
 
+/** Delete one of this browser's uploads (204); others who uploaded the same bytes keep theirs. */
+export async function deleteImage(id, signal) {
+  await request(urls.image(id), { method: 'DELETE', signal });
+}
+
 export const inputImage = (model, image, signal) => blob(urls.input(model, image), { signal });
 
 export const predictions = (model, image, top, signal) =>
@@ -112,12 +126,32 @@ export const channelStats = (model, image, layer, top, signal) =>
 /** Filter grid PNG plus its layout (from the X-Convscope-Grid header). */
 export async function filterGrid(model, layer, params, signal) {
   const { url, headers } = await blob(urls.filters(model, layer, { ...params, format: 'png' }), { signal });
-  return { url, channels: channelList(headers), grid: parseGridHeader(headers.get('X-Convscope-Grid')) };
+  return { url, channels: channelList(headers), grid: parseGridHeader(headers.get('X-Convscope-Grid')), scale: scaleOf(headers) };
 }
 
 /** Filter weights and per-filter stats as JSON (can be megabytes for wide 1×1 convs). */
 export const filterValues = (model, layer, params, signal) =>
   json(urls.filters(model, layer, { ...params, format: 'json' }), { signal });
+
+/**
+ * The colour scale of a colour-mapped PNG: `X-Convscope-Scale: low,high;low,high...` (one pair
+ * per tile, or one for a layer-wide or single map), `X-Convscope-Scale-Mode` and
+ * `X-Convscope-Colormap`. Null when the server sent none.
+ */
+export function scaleOf(headers) {
+  const text = headers.get('X-Convscope-Scale');
+  if (!text) return null;
+  const low = [];
+  const high = [];
+  for (const pair of text.split(';')) {
+    const [lo, hi] = pair.split(',').map(Number);
+    if (!Number.isFinite(lo) || !Number.isFinite(hi)) continue;
+    low.push(lo);
+    high.push(hi);
+  }
+  const mode = headers.get('X-Convscope-Scale-Mode') ?? (low.length > 1 ? 'channel' : 'layer');
+  return { mode, colormap: headers.get('X-Convscope-Colormap') ?? 'gray', low, high };
+}
 
 function channelList(headers) {
   return (headers.get('X-Convscope-Channels') ?? '')
@@ -145,7 +179,7 @@ export function parseGridHeader(text) {
 
 export async function activationGrid(model, image, layer, params, signal) {
   const { url, headers } = await blob(urls.activations(model, image, layer, { ...params, format: 'png' }), { signal });
-  return { url, channels: channelList(headers), grid: parseGridHeader(headers.get('X-Convscope-Grid')) };
+  return { url, channels: channelList(headers), grid: parseGridHeader(headers.get('X-Convscope-Grid')), scale: scaleOf(headers) };
 }
 
 function flatten(values) {
@@ -170,16 +204,81 @@ export async function channelValues(model, image, layer, channel, signal) {
 
 // ---- Attribution ----------------------------------------------------------------------------
 
+/**
+ * A PNG that the server may compute as a job (Score-CAM, SmoothGrad): a 202 answer carries the
+ * job; `onJob(job)` hears its progress until it is done, then the same URL is asked again and
+ * answers with the picture. A failed or cancelled job rejects with an ApiError.
+ */
+async function slowBlob(path, { signal, onJob }) {
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const response = await request(path, { signal });
+    if (response.status !== 202) {
+      const data = await response.blob();
+      signal?.throwIfAborted();
+      return { url: URL.createObjectURL(data), headers: response.headers };
+    }
+    const job = await response.json();
+    if (typeof job.token === 'string') {
+      // to cancel it; tokens for one job are kept as a list (see json())
+      jobTokens.set(job.id, [...(jobTokens.get(job.id) || []), job.token].slice(-64));
+    }
+    onJob?.(job);
+    await finished(job, { signal, onJob });
+  }
+  throw new ApiError(0, 'The server kept answering that the job is still running.', 'job_loop');
+}
+
+/**
+ * Resolve when job `job` is done; reject when it failed, was cancelled, or `signal` aborts
+ * (which also cancels this page's share of the job).
+ */
+function finished(job, { signal, onJob }) {
+  const end = (j) => {
+    if (j.state === 'done') return null;
+    if (j.state === 'cancelled') return new ApiError(0, 'Cancelled.', 'cancelled');
+    return new ApiError(0, j.error?.detail ?? 'The job failed.', j.error?.code ?? 'job_failed');
+  };
+  if (FINISHED.includes(job.state)) {
+    const err = end(job);
+    return err ? Promise.reject(err) : Promise.resolve();
+  }
+  return new Promise((resolve, reject) => {
+    const stop = followJob(job.id, {
+      onProgress: (j) => onJob?.(j),
+      onEnd: (j) => {
+        signal?.removeEventListener('abort', abort);
+        onJob?.(j);
+        const err = end(j);
+        if (err) reject(err);
+        else resolve();
+      },
+      onError: (err) => {
+        signal?.removeEventListener('abort', abort);
+        reject(err);
+      },
+    });
+    // A view that no longer wants the picture (another method, image or class) gives up its
+    // share of the job: the server stops it once every submitter has cancelled, so an
+    // abandoned Score-CAM does not hold a worker that the next request needs.
+    const abort = () => {
+      stop();
+      cancelJob(job.id).catch(() => {});
+      reject(signal.reason ?? new DOMException('Aborted', 'AbortError'));
+    };
+    signal?.addEventListener('abort', abort, { once: true });
+  });
+}
+
 /** Grad-CAM (or Grad-CAM++ / Score-CAM) PNG; the server names the class and layer it used. */
-export async function camImage(model, image, params, signal) {
-  const { url, headers } = await blob(urls.cam(model, image, { ...params, format: 'png' }), { signal });
-  return { url, classIndex: numberHeader(headers, 'X-Convscope-Class'), layer: headers.get('X-Convscope-Layer') };
+export async function camImage(model, image, params, signal, onJob) {
+  const { url, headers } = await slowBlob(urls.cam(model, image, { ...params, format: 'png' }), { signal, onJob });
+  return { url, classIndex: numberHeader(headers, 'X-Convscope-Class'), layer: headers.get('X-Convscope-Layer'), scale: scaleOf(headers) };
 }
 
 /** Saliency map PNG (vanilla gradient, SmoothGrad or guided backprop). */
-export async function saliencyImage(model, image, params, signal) {
-  const { url, headers } = await blob(urls.saliency(model, image, { ...params, format: 'png' }), { signal });
-  return { url, classIndex: numberHeader(headers, 'X-Convscope-Class') };
+export async function saliencyImage(model, image, params, signal, onJob) {
+  const { url, headers } = await slowBlob(urls.saliency(model, image, { ...params, format: 'png' }), { signal, onJob });
+  return { url, classIndex: numberHeader(headers, 'X-Convscope-Class'), scale: scaleOf(headers) };
 }
 
 function numberHeader(headers, name) {
@@ -200,7 +299,12 @@ export const startOptimize = (model, body, signal) =>
 
 export const getJob = (id, signal) => json(`/api/jobs/${enc(id)}`, { signal });
 
-export const cancelJob = (id, signal) => json(`/api/jobs/${enc(id)}`, { method: 'DELETE', signal });
+export const cancelJob = (id, signal) =>
+  json(`/api/jobs/${enc(id)}`, {
+    method: 'DELETE',
+    headers: { 'X-Job-Token': (jobTokens.get(id) || []).join(',') },
+    signal,
+  });
 
 export const FINISHED = Object.freeze(['done', 'failed', 'cancelled']);
 
@@ -265,3 +369,65 @@ export function followJob(id, { onProgress, onEnd, onError }) {
   open();
   return stop;
 }
+
+// ---- Collections and dataset examples (issue 11) ---------------------------------------------
+
+const collectionPath = (cid) => `/api/collections/${enc(cid)}`;
+const indexPath = (model, cid) => `${modelPath(model)}/collections/${enc(cid)}`;
+
+export const collectionUrls = {
+  examples: (model, cid, layer, params) => `${indexPath(model, cid)}/examples/${enc(layer)}${query(params)}`,
+  stats: (model, cid, layer, params) => `${indexPath(model, cid)}/stats/${enc(layer)}${query(params)}`,
+};
+
+export const listCollections = (signal) => json('/api/collections', { signal });
+export const getCollection = (cid, signal) => json(collectionPath(cid), { signal });
+
+export const createCollection = (name, signal) =>
+  json('/api/collections', {
+    method: 'POST',
+    body: JSON.stringify({ name }),
+    headers: { 'Content-Type': 'application/json' },
+    signal,
+  });
+
+export async function deleteCollection(cid, signal) {
+  await request(collectionPath(cid), { method: 'DELETE', signal });
+}
+
+/** Add files ({file, path}) and archives: {added, duplicates, skipped: [{name, reason}]}. */
+export function addToCollection(cid, files, archive, signal) {
+  const form = new FormData();
+  for (const { file, path } of files) form.append('files', file, path || file.name);
+  if (archive) form.append('archive', archive, archive.name);
+  return json(`${collectionPath(cid)}/images`, { method: 'POST', body: form, signal });
+}
+
+export const indexCollection = (model, cid, body, signal) =>
+  json(`${indexPath(model, cid)}/index`, {
+    method: 'POST',
+    body: JSON.stringify(body),
+    headers: { 'Content-Type': 'application/json' },
+    signal,
+  });
+
+export const datasetExamples = (model, cid, layer, params, signal) =>
+  json(collectionUrls.examples(model, cid, layer, { ...params, format: 'json' }), { signal });
+
+export const collectionStats = (model, cid, layer, signal) =>
+  json(collectionUrls.stats(model, cid, layer), { signal });
+
+// ---- Weights that read (issue #12): expanded weights, model compare ---------------------------
+
+urls.expanded = (model, layer, params) => `${modelPath(model)}/layers/${enc(layer)}/expanded${query(params)}`;
+
+/** Expanded weights PNG of one channel: {url, channels (tile order), box [top, left, bottom, right]}. */
+export async function expandedImage(model, layer, params, signal) {
+  const { url, headers } = await blob(urls.expanded(model, layer, { ...params, format: 'png' }), { signal });
+  const box = (headers.get('X-Convscope-Box') ?? '').split(',').filter(Boolean).map(Number);
+  return { url, channels: channelList(headers), box };
+}
+
+/** Per-layer differences of two models: weight change, filter cosine, with an image CKA. */
+export const compareModels = (a, b, image, signal) =>
+  json(`${modelPath(a)}/compare/${enc(b)}${query({ image })}`, { signal });

@@ -5,7 +5,9 @@ import * as api from './api.js';
 import { ActivationView } from './ActivationView.js';
 import { Attribution } from './Attribution.js';
 import { ChannelView } from './ChannelView.js';
+import { CollectionsView } from './CollectionsView.js';
 import { ComparePane } from './ComparePane.js';
+import { CompareView } from './CompareView.js';
 import { Controls } from './Controls.js';
 import { FilterGrid } from './FilterGrid.js';
 import { ImagePicker } from './ImagePicker.js';
@@ -14,7 +16,7 @@ import { LayerList } from './LayerList.js';
 import { ModelPicker } from './ModelPicker.js';
 import { describeError } from './Panel.js';
 import { Predictions } from './Predictions.js';
-import { parse, patch, serialize } from './state.js';
+import { channelOpen, defaultImage, defaultLayer, parse, patch, serialize } from './state.js';
 
 const $ = (id) => document.getElementById(id);
 
@@ -30,9 +32,13 @@ const views = {
   channel: new ChannelView($('channel')),
   filters: new FilterGrid($('filters')),
   attribution: new Attribution($('attribution')),
+  collections: new CollectionsView($('collections')),
+  models2: new CompareView($('models-compare')),
 };
 
 let state = parse(location.search);
+// What the last render showed, kept here (not read back from the views' DOM or internals).
+const shown = { layers: [], channelOpen: false };
 
 // Lists that rarely change, cached as promises so concurrent renders share one request.
 const cache = { models: null, images: null, layers: new Map() };
@@ -72,15 +78,50 @@ on('cs:layer', ({ layer }) => commit({ layer }));
 on('cs:image', ({ image }) => commit({ image }));
 on('cs:compare', ({ image }) => commit({ compare: image }));
 on('cs:channel', ({ channel }) => commit({ channel }));
+on('cs:goto', ({ layer, channel }) => commit({ layer, channel }));
 on('cs:option', ({ key, value, replace }) => commit({ [key]: value }, { replace }));
+// Collections (issue 11): the list changed, or the unit page asks to index a collection.
+let collectionsVersion = 0;
+on('cs:collections', () => {
+  collectionsVersion += 1;
+  render();
+});
+on('cs:index', ({ coll }) => views.collections.index(coll));
 on('cs:uploaded', ({ image }) => {
   cache.images = null;
   commit({ image });
+});
+on('cs:deleted', ({ image }) => {
+  cache.images = null;
+  const changes = {};
+  if (state.image === image) changes.image = null; // render() falls back to the sample
+  if (state.compare === image) changes.compare = null;
+  commit(changes, { replace: true });
 });
 window.addEventListener('popstate', () => {
   state = parse(location.search);
   render();
 });
+
+// No broken-image icon or alt text, ever: a picture shows once it has loaded (its box is kept
+// meanwhile, so the layout does not jump), and one that fails leaves the page (the panel says
+// what went wrong). CSS: `.layout img:not(.has-picture)` and `img:not([src])` are invisible.
+document.addEventListener(
+  'load',
+  (e) => {
+    if (e.target instanceof HTMLImageElement) e.target.classList.add('has-picture');
+  },
+  true,
+);
+document.addEventListener(
+  'error',
+  (e) => {
+    if (!(e.target instanceof HTMLImageElement)) return;
+    e.target.classList.remove('has-picture');
+    if (e.target.getAttribute('src')) e.target.removeAttribute('src');
+  },
+  true,
+);
 
 let generation = 0;
 
@@ -108,9 +149,9 @@ async function render({ user = false } = {}) {
   const modelInfo = models.find((m) => m.name === state.model) ?? null;
   views.models.update({ models, selected: state.model, error: modelNote });
 
-  // 2. Layers of that model; default to its first conv layer.
+  // 2. Layers of that model; default to a mid-depth conv layer.
   let layers = [];
-  views.layers.update({ layers: views.layers.layers, selected: state.layer, busy: true });
+  views.layers.update({ layers: shown.layers, selected: state.layer, busy: true });
   try {
     layers = state.model ? await once.layers(state.model) : [];
     views.layers.message(null);
@@ -119,7 +160,7 @@ async function render({ user = false } = {}) {
   }
   if (stale()) return;
   if (!state.layer && layers.length) {
-    state = patch(state, { layer: (layers.find((l) => l.has_filters) ?? layers[0]).name });
+    state = patch(state, { layer: defaultLayer(layers) });
     writeUrl(false);
   }
   const layerInfo = layers.find((l) => l.name === state.layer) ?? null;
@@ -127,6 +168,7 @@ async function render({ user = false } = {}) {
     views.layers.message('error', `${state.model} has no layer “${state.layer}”. Pick one from the list.`);
   }
   views.layers.update({ layers, selected: state.layer, busy: false });
+  shown.layers = layers;
 
   // 3. Images: samples and uploads.
   let images = null;
@@ -137,6 +179,11 @@ async function render({ user = false } = {}) {
     imageError = err;
   }
   if (stale()) return;
+  // A bare URL opens on a sample photo, so the first screen already shows something.
+  if (images && !state.image && defaultImage(images)) {
+    state = patch(state, { image: defaultImage(images) });
+    writeUrl(false);
+  }
   const byId = new Map((images ?? []).map((i) => [i.id, i]));
   const image = byId.get(state.image) ?? null;
   const other = byId.get(state.compare) ?? null;
@@ -151,7 +198,7 @@ async function render({ user = false } = {}) {
   const pair = [image, other].filter(Boolean);
   const id = image?.id ?? null;
   document.body.classList.toggle('compare-on', pair.length === 2);
-  const wasOpen = !views.channel.root.hidden;
+  const wasOpen = shown.channelOpen;
   document.title = ['convscope', model, state.layer].filter(Boolean).join(' · ');
   views.controls.update(state);
   views.input.update({ model, image: id, modelInfo });
@@ -167,6 +214,7 @@ async function render({ user = false } = {}) {
     modelInfo,
     images: pair,
     layer: state.layer,
+    layers,
     layerInfo,
     channel: state.channel,
     opts,
@@ -174,11 +222,15 @@ async function render({ user = false } = {}) {
     fvsteps: state.fvsteps,
     fvsize: state.fvsize,
     fnorm: state.fnorm,
+    coll: state.coll,
+    collections: collectionsVersion,
   });
-  const channelOpen = !views.channel.root.hidden;
-  document.body.classList.toggle('channel-on', channelOpen);
+  views.collections.update({ model, layer: state.layer, coll: state.coll, version: collectionsVersion });
+  const open = channelOpen(state, layerInfo);
+  shown.channelOpen = open;
+  document.body.classList.toggle('channel-on', open);
   // Opening the channel page (not stepping through channels) brings it into view.
-  if (channelOpen && !wasOpen && user) views.channel.root.scrollIntoView({ block: 'start' });
+  if (open && !wasOpen && user) views.channel.root.scrollIntoView({ block: 'start' });
   views.attribution.update({
     model,
     image: pair.length === 2 ? null : id,
@@ -190,6 +242,7 @@ async function render({ user = false } = {}) {
     alpha: state.alpha,
   });
   views.filters.update({ model, layer: state.layer, layerInfo, fnorm: state.fnorm });
+  views.models2.update({ model, models, vs: state.vs, image: id, layer: state.layer, layerInfo, channel: state.channel, channelOpen: open });
 }
 
 render();

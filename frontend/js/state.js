@@ -7,7 +7,7 @@ export const OPTIONS = Object.freeze({
   order: ['index', 'mean'],
   colormap: ['viridis', 'magma', 'inferno', 'gray'],
   normalize: ['channel', 'layer'],
-  fnorm: ['filter', 'layer'],
+  fnorm: ['auto', 'filter', 'layer'], // auto: the server's choice (layer-wide for 1×1 and reductions)
   limit: [16, 32, 64, 128, 256, 0], // 0 = every channel
   fv: ['quick', 'better'],
   cam: ['gradcam', 'gradcampp', 'scorecam'],
@@ -26,10 +26,11 @@ export const DEFAULTS = Object.freeze({
   image: null,
   channel: null,
   compare: null,
+  vs: null, // a second model to compare with (issue #12)
   order: 'index',
   colormap: 'viridis',
   normalize: 'channel',
-  fnorm: 'filter',
+  fnorm: 'auto',
   limit: 64,
   opacity: 0.6,
   fv: 'quick',
@@ -39,6 +40,7 @@ export const DEFAULTS = Object.freeze({
   sal: 'vanilla',
   cls: null,
   alpha: 0.5,
+  coll: null, // collection id: dataset examples on the unit page (issue 11)
 });
 
 const KEYS = Object.keys(DEFAULTS);
@@ -61,7 +63,7 @@ function parseBounded(text, min, max) {
 export function parse(search) {
   const params = new URLSearchParams(search);
   const state = { ...DEFAULTS };
-  for (const key of ['model', 'layer', 'image', 'compare']) {
+  for (const key of ['model', 'layer', 'image', 'compare', 'coll', 'vs']) {
     const value = params.get(key);
     if (value) state[key] = value;
   }
@@ -110,9 +112,40 @@ export function patch(state, changes) {
     next.channel = null;
   }
   if (next.compare && next.compare === next.image) next.compare = null;
+  if (next.vs && next.vs === next.model) next.vs = null;
   return next;
 }
 
 export function equal(a, b) {
   return KEYS.every((key) => a[key] === b[key]);
+}
+
+// ---- Derived state: first screen and channel page (issues #9, #13) --------------------------
+// main.js asks these instead of reading views' DOM or internals.
+
+const isMapLayer = (layer) => Array.isArray(layer?.output_shape) && layer.output_shape.length === 3;
+
+/**
+ * The layer a bare URL opens on: mid-depth, where the feature maps show parts of objects.
+ * The middle of the conv layers with a spatial kernel (their filters are pictures too), else
+ * the middle conv layer, else the first layer.
+ */
+export function defaultLayer(layers) {
+  const convs = (layers ?? []).filter((l) => l.has_filters && isMapLayer(l) && l.has_activation !== false);
+  const spatial = convs.filter((l) => (l.kernel_size ?? []).some((k) => k > 1));
+  const pool = spatial.length ? spatial : convs;
+  if (pool.length) return pool[Math.floor(pool.length / 2)].name;
+  return layers?.[0]?.name ?? null;
+}
+
+/** The image a bare URL opens on: the cat sample, else the first sample. */
+export function defaultImage(images) {
+  const samples = (images ?? []).filter((i) => i.kind === 'sample');
+  return (samples.find((i) => i.name === 'cat') ?? samples[0])?.id ?? null;
+}
+
+/** Whether the channel page is open for this state and the chosen layer's table row. */
+export function channelOpen(state, layerInfo) {
+  const out = layerInfo?.output_shape;
+  return state.channel !== null && Boolean(state.layer) && isMapLayer(layerInfo) && state.channel < out[0];
 }

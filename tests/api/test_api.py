@@ -60,7 +60,7 @@ def test_filters_png_grid_decodes_to_the_tiles_json_describes(client: TestClient
     for layer, params in [
         ("conv_stem", {}),
         ("conv_stem", {"normalize": "layer", "scale": 4}),
-        ("blocks.2.0.conv_pw", {"input_channel": 3, "channels": "0-15"}),
+        ("blocks.2.0.conv_pw", {"input_channel": 3, "channels": "0-15", "colormap": "gray"}),
         ("blocks.2.0.conv_dw", {"scale": 5}),
     ]:
         png = client.get(f"{M}/layers/{layer}/filters", params=params)

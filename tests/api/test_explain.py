@@ -62,7 +62,14 @@ def test_optimize_job_can_be_cancelled(client: TestClient) -> None:
     while client.get(f"/api/jobs/{job_id}").json()["step"] < 1:
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    cancelled = client.delete(f"/api/jobs/{job_id}")
+    # Without the submitter's token, or with another's: 403, and the job runs on.
+    for headers in ({}, {"X-Job-Token": "not-the-token"}):
+        refused = client.delete(f"/api/jobs/{job_id}", headers=headers)
+        assert refused.status_code == 403 and refused.json()["code"] == "job_token_invalid"
+    assert client.get(f"/api/jobs/{job_id}").json()["state"] == "running"
+    assert client.get(f"/api/jobs/{job_id}").json()["token"] is None  # never echoed
+    token = started.json()["token"]
+    cancelled = client.delete(f"/api/jobs/{job_id}", headers={"X-Job-Token": token})
     assert cancelled.status_code == 200
     final = _wait(client, job_id)
     assert final["state"] == "cancelled" and final["step"] < 1000
@@ -146,5 +153,10 @@ def test_saliency_png_and_npy(client: TestClient, samples) -> None:
     )
     assert vanilla.shape == guided.shape == (224, 224)
     assert vanilla.min() >= 0 and not np.allclose(vanilla, guided)
+    # SmoothGrad is a job (tests/api/test_attribution_jobs.py): 202, then the result.
+    first = client.get(url, params={"method": "smoothgrad", "samples": 2})
+    assert first.status_code in (200, 202), first.text
+    if first.status_code == 202:
+        assert _wait(client, first.json()["id"])["state"] == "done"
     png = client.get(url, params={"method": "smoothgrad", "samples": 2})
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"

@@ -3,6 +3,7 @@ isolated; a pickle is never executed, whichever way it arrives."""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 from pathlib import Path
@@ -231,7 +232,7 @@ def test_a_pickle_in_the_models_folder_is_never_executed(tmp_path: Path) -> None
         )
     registry = ModelRegistry(Settings(data_dir=tmp_path, weights_dir=tmp_path, models_dir=models))
     for name in ("evil", "evil_pt"):
-        with pytest.raises(ModelUnavailableError, match=r"not a readable|never loaded"):
+        with pytest.raises(ModelUnavailableError, match=r"never accepted|never loaded"):
             registry.get(name)
         assert next(m for m in registry.describe() if m["name"] == name)["available"] is False
     assert not sentinel.exists()
@@ -303,14 +304,24 @@ def test_operator_models_are_not_deletable(
     assert folder.exists()
 
 
-def test_a_full_or_read_only_store_is_a_503_and_leaves_nothing_behind(
+@pytest.mark.parametrize(
+    ("error", "status", "code", "contains"),
+    [
+        (errno.ENOSPC, 507, "storage_full", "no space left"),
+        (errno.EROFS, 503, "storage_unavailable", "read-only"),
+    ],
+)
+def test_a_full_or_read_only_store_is_a_507_or_503_and_leaves_nothing_behind(
     hard_client: TestClient,
     hard_settings: Settings,
     good_weights: bytes,
     monkeypatch: pytest.MonkeyPatch,
+    error: int,
+    status: int,
+    code: str,
+    contains: str,
 ) -> None:
-    """The disk refuses the write (ENOSPC here; EROFS reads the same): 503, no partial model."""
-    import errno
+    """The disk refuses the write: full is 507 storage_full, read-only 503; no partial model."""
     import os
 
     models_dir: Path = hard_settings.models_dir  # type: ignore[assignment]
@@ -318,13 +329,13 @@ def test_a_full_or_read_only_store_is_a_503_and_leaves_nothing_behind(
     before = sorted(p.name for p in models_dir.iterdir() if p.name != ".staging")
     real_rename = os.rename
 
-    def full_disk(src: object, dst: object) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def refused(src: object, dst: object) -> None:
+        raise OSError(error, os.strerror(error))
 
-    monkeypatch.setattr(os, "rename", full_disk)  # the commit step of an upload
+    monkeypatch.setattr(os, "rename", refused)  # the commit step of an upload
     response = _post(hard_client, good_weights, payloads.manifest(name="too big for the disk"))
     monkeypatch.setattr(os, "rename", real_rename)
-    assert_error(response, 503, "storage_unavailable", contains="No space left")
+    assert_error(response, status, code, contains=contains)
     staging = models_dir / ".staging"
     assert not staging.exists() or not any(staging.iterdir())
     assert sorted(p.name for p in models_dir.iterdir() if p.name != ".staging") == before

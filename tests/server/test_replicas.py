@@ -102,12 +102,14 @@ def test_an_image_uploaded_to_one_replica_is_served_by_the_other(
     a, b = replicas
     data = payloads.png(80, 60, seed=4242)
     image_id = hashlib.sha256(data).hexdigest()
-    created = httpx.post(f"{a.url}/api/images", files={"file": ("r.png", data)})
+    owner = {"X-Convscope-Owner": "replica-test-owner-0001"}  # uploads list to their owner
+    created = httpx.post(f"{a.url}/api/images", files={"file": ("r.png", data)}, headers=owner)
     assert created.status_code == 201, created.text
     for url in (b.url, a.url, nginx):
         got = httpx.get(f"{url}/api/images/{image_id}")
         assert got.status_code == 200 and got.content == data
-        assert image_id in {i["id"] for i in httpx.get(f"{url}/api/images").json()}
+        listed = httpx.get(f"{url}/api/images", headers=owner).json()
+        assert image_id in {i["id"] for i in listed}  # ownership is on the shared volume too
         top = httpx.get(f"{url}{M}/images/{image_id}/predictions", params={"top": 3}, timeout=60)
         assert top.status_code == 200 and len(top.json()) == 3
     # Uploaded through nginx (to whichever replica), readable from both directly.

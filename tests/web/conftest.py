@@ -8,12 +8,9 @@ rendered here the way the nginx image's envsubst step does, so tests and deploym
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +19,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
+from bench.server import ServerProcess, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 FRONTEND = REPO / "frontend"
@@ -40,12 +38,6 @@ def images(base: str) -> dict[str, str]:
     """Image name -> id, from the server's listing."""
     with urllib.request.urlopen(f"{base}/api/images") as response:
         return {i["name"]: i["id"] for i in json.load(response)}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_http(url: str, timeout: float, expect: int = 200) -> None:
@@ -117,13 +109,6 @@ CHROMIUM_ARGS = [
 SCREENSHOTS = REPO / "artifacts" / "screenshots"
 
 
-def _convscope() -> str:
-    found = shutil.which("convscope") or str(Path(sys.executable).with_name("convscope"))
-    if not Path(found).exists():
-        pytest.fail("the convscope command is not installed: run scripts/test (pip install -e .)")
-    return found
-
-
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     try:
@@ -139,30 +124,25 @@ def nginx_layout() -> Callable[..., Path]:
     return nginx_prefix
 
 
+def serve(data: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """``convscope serve`` on 127.0.0.1 with data folder ``data`` (the one server helper,
+    bench/server.py); yields its URL and stops it afterwards."""
+    server = ServerProcess(data, data / "serve.log", env)
+    try:
+        server.wait_ready(timeout=180)
+    except (RuntimeError, TimeoutError) as exc:
+        server.stop(timeout=15)
+        pytest.fail(f"convscope did not become ready: {exc}")
+    try:
+        yield server.url
+    finally:
+        server.stop(timeout=15)
+
+
 @pytest.fixture(scope="session")
 def api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``convscope serve --host 127.0.0.1 --port PORT`` with a throwaway data dir."""
-    data = tmp_path_factory.mktemp("convscope-data")
-    port = free_port()
-    env = {**os.environ, "CONVSCOPE_DATA_DIR": str(data)}
-    log = (data / "serve.log").open("wb")
-    proc = subprocess.Popen(
-        [_convscope(), "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=REPO,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/readyz", timeout=180)
-    except TimeoutError:
-        _stop(proc)
-        log.close()
-        pytest.fail(f"convscope did not become ready:\n{(data / 'serve.log').read_text()[-3000:]}")
-    yield url
-    _stop(proc)
-    log.close()
+    yield from serve(tmp_path_factory.mktemp("convscope-data"))
 
 
 @pytest.fixture(scope="session")

@@ -80,9 +80,13 @@ def test_same_serve_command_everywhere(dockerfile, compose):
     assert json.loads(args_of(dockerfile, "CMD")[-1]) == SERVE
     command = compose["services"]["api"]["command"]
     assert (shlex.split(command) if isinstance(command, str) else command) == SERVE
-    # The web tests run exactly this, with a loopback host and a free port.
-    conftest = (REPO / "tests/web/conftest.py").read_text()
-    assert '"serve", "--host", "127.0.0.1", "--port"' in conftest
+    # The tests and the bench run exactly this, with a loopback host and a free port, through
+    # the one server helper (bench/server.py), which the web tests' fixtures use.
+    helper = (REPO / "bench/server.py").read_text()
+    assert 'HOST = "127.0.0.1"' in helper
+    assert 'SERVE = ["serve", "--host", HOST]' in helper
+    assert '"convscope.cli", *SERVE, "--port", str(self.port)]' in helper
+    assert "ServerProcess(" in (REPO / "tests/web/conftest.py").read_text()
 
 
 def test_compose_web_mounts_the_tested_template(compose):

@@ -149,9 +149,9 @@ def test_weights_of_rgb_and_weightless_layers(page, api_url):
         "i => [i.naturalWidth, i.naturalHeight]"
     )
     assert size[0] == size[1] and size[0] >= 96  # one square colour tile, enlarged
-    # No image yet: the feature map says how to get one; the optimised image still works.
-    assert "Pick a sample" in page.locator("#channel .cp-maps").inner_text()
-    assert "Pick an image" in page.locator("#channel-cam").inner_text()
+    # No image in the link: the page is on the default sample, so the map and Grad-CAM show.
+    page.wait_for_selector("#channel .cp-maps .panel-title:has-text('Feature map on cat')")
+    page.wait_for_selector("#channel-cam .cam-img")
 
     page.goto(f"{api_url}/?layer=bn1&channel=3")
     page.wait_for_selector("#channel:not([hidden])")

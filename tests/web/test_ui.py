@@ -55,27 +55,29 @@ def png_bytes(size: tuple[int, int] = (320, 240)) -> bytes:
     return buffer.getvalue()
 
 
-def test_empty_state_then_sample(page, base_url, shoot, console):
-    open_ui(page, base_url)
+def test_default_sample_then_another(page, base_url, shoot, console):
+    open_ui(page, base_url, "?layer=conv_stem")
     state = query(page)
     assert state["model"] == "efficientnet_lite0"
-    assert state["layer"] == "conv_stem"  # the first conv layer is the default
     assert page.locator("#model-select").input_value() == "efficientnet_lite0"
-    # The empty states appear once the image list has loaded: wait for them, do not race.
-    expect(page.locator("#images")).to_contain_text("Pick a sample or upload a photo")
-    expect(page.locator("#activations")).to_contain_text("Pick a sample or upload a photo")
-    # Filters need no image.
-    wait_grid(page, "#filters")
-
-    pick(page, "cat")
-    wait_grid(page)
+    # No image in the link: the cat sample is filled in (test_first_screen checks the bare URL).
+    page.wait_for_function("() => new URL(location).searchParams.get('image')")
     assert query(page)["image"] == images(base_url)["cat"]
+    wait_grid(page, "#filters")
+    wait_grid(page)
     page.wait_for_selector("#predictions .prediction")
     labels = page.locator("#predictions .prediction-label").all_inner_texts()
     assert len(labels) == 5
     assert "cat" in labels[0] or "tabby" in labels[0]
     page.wait_for_function("() => document.querySelector('#input .input-img').naturalWidth === 224")
     shoot(page, "main-cat")
+
+    pick(page, "coffee")
+    page.wait_for_function(
+        "(i) => new URL(location).searchParams.get('image') === i", arg=images(base_url)["coffee"]
+    )
+    wait_grid(page)
+    assert page.locator("#images .thumb[aria-pressed='true'] .thumb-name").inner_text() == "coffee"
     # Nothing was fetched from outside the page's origin.
     origin = base_url.rstrip("/")
     assert [u for u in console.requests if not u.startswith((origin, "blob:", "data:"))] == []
@@ -83,7 +85,7 @@ def test_empty_state_then_sample(page, base_url, shoot, console):
 
 def test_walk_layers_by_keyboard_and_back_button(page, api_url, shoot):
     cat = images(api_url)["cat"]
-    open_ui(page, api_url, f"?image={cat}")
+    open_ui(page, api_url, f"?image={cat}&layer=conv_stem")
     wait_grid(page)
     visited = [query(page)["layer"]]
     page.locator("#layer-list").focus()
@@ -93,10 +95,11 @@ def test_walk_layers_by_keyboard_and_back_button(page, api_url, shoot):
             "(l) => new URL(location).searchParams.get('layer') !== l", arg=visited[-1]
         )
         visited.append(query(page)["layer"])
-    assert visited == ["conv_stem", "bn1", "bn1.drop", "bn1.act"]
+    # Pass-through modules (bn1.drop, bn1.act: bn1's output again) are hidden by default.
+    assert visited == ["conv_stem", "bn1", "blocks", "blocks.0"]
     wait_grid(page)
-    assert page.locator("#layer-list [aria-selected='true'] .layer-name").inner_text() == "bn1.act"
-    assert "bn1.act" in page.locator("#filters").inner_text()  # no filters: says so
+    assert page.locator("#layer-list [aria-selected='true'] .layer-name").inner_text() == "blocks.0"
+    assert "blocks.0" in page.locator("#filters").inner_text()  # no filters: says so
 
     # The filter box narrows the list; a click picks a deep layer.
     page.fill("#layer-filter", "blocks.5.0.conv_pw")
@@ -112,11 +115,11 @@ def test_walk_layers_by_keyboard_and_back_button(page, api_url, shoot):
     shoot(page, "deep-layer")
 
     page.go_back()
-    page.wait_for_function("() => new URL(location).searchParams.get('layer') === 'bn1.act'")
+    page.wait_for_function("() => new URL(location).searchParams.get('layer') === 'blocks.0'")
     wait_grid(page)
-    assert page.locator("#layer-list [aria-selected='true'] .layer-name").inner_text() == "bn1.act"
+    assert page.locator("#layer-list [aria-selected='true'] .layer-name").inner_text() == "blocks.0"
     page.go_back()
-    page.wait_for_function("() => new URL(location).searchParams.get('layer') === 'bn1.drop'")
+    page.wait_for_function("() => new URL(location).searchParams.get('layer') === 'blocks'")
 
 
 def test_channel_view_values_and_overlay(page, base_url, shoot):
@@ -198,14 +201,15 @@ def test_filter_grid_hover_and_enlarge(page, api_url):
 
 
 def test_upload_drop_and_paste(page, base_url, shoot):
+    cat = images(base_url)["cat"]
     open_ui(page, base_url)
+    page.wait_for_function("(c) => new URL(location).searchParams.get('image') === c", arg=cat)
     page.set_input_files(
         "#image-file",
         files=[{"name": "gradient.png", "mimeType": "image/png", "buffer": png_bytes()}],
     )
-    page.wait_for_function("() => new URL(location).searchParams.get('image')")
+    page.wait_for_function("(c) => new URL(location).searchParams.get('image') !== c", arg=cat)
     uploaded = query(page)["image"]
-    assert uploaded not in images(base_url).get("cat", "")
     page.wait_for_selector(f".thumb[data-image='{uploaded}'][aria-pressed='true'] .badge")
     wait_grid(page)
     page.wait_for_function("() => document.querySelector('#input .input-img').naturalWidth > 0")
@@ -250,7 +254,7 @@ def test_bad_file_shows_inline_error(page, base_url, console, shoot):
     # the picker still works, and the listing (if it lands after the refusal) keeps the alert
     page.wait_for_function("() => document.querySelectorAll('#images .thumb').length >= 4")
     assert alert.is_visible()
-    assert "image" not in query(page)
+    assert query(page)["image"] == images(base_url)["cat"]  # still the default sample
     shoot(page, "bad-file")
     assert all(
         "Failed to load resource" in e and ("415" in e or "422" in e) for e in console.errors
@@ -287,8 +291,10 @@ def test_upload_error_outlives_the_image_listing(page, base_url, console):
         route.continue_()
     page.wait_for_function("() => document.querySelectorAll('#images .thumb').length >= 4")
     assert alert.is_visible() and alert.inner_text() == refusal
-    assert "image" not in query(page)
-    pick(page, "cat")  # a picked image ends the refusal's message
+    # The default sample filled in when the listing landed is not a pick: the refusal stays.
+    assert query(page)["image"] == images(base_url)["cat"]
+    pick(page, "coffee")  # a picked image ends the refusal's message
+    page.wait_for_function("() => !document.querySelector('#images .msg')")
     wait_grid(page)
     assert page.locator("#images .msg").count() == 0
 

@@ -18,11 +18,19 @@ from fastapi.staticfiles import StaticFiles
 from convscope import __version__
 from convscope.api import errors
 from convscope.api.deps import known_query_only
-from convscope.api.metrics import Metrics, Observe
-from convscope.api.middleware import BodyLimit, SecurityHeaders
+from convscope.api.metrics import Limits, Metrics, Observe
+from convscope.api.middleware import (
+    BodyLimit,
+    SecurityHeaders,
+    TrustedHosts,
+    default_trusted_hosts,
+)
 from convscope.api.routes import activations, admin, explain, health, images, models
+from convscope.api.routes import collections as collections_route
 from convscope.api.routes import metrics as metrics_route
+from convscope.api.routes import weights as weights_route
 from convscope.config import Settings
+from convscope.render import legend
 from convscope.services.facade import Convscope
 
 log = logging.getLogger(__name__)
@@ -67,6 +75,21 @@ async def _poll_models(app: FastAPI, seconds: float) -> None:
                 log.exception("refreshing the model list failed")
 
 
+async def _janitor(app: FastAPI, seconds: float) -> None:
+    """Collect leftovers (old results, temporary files, orphans, staging) now and every
+    ``seconds`` (CONVSCOPE_JANITOR_SECONDS; 0: only now)."""
+    while True:
+        try:
+            removed = await anyio.to_thread.run_sync(app.state.service.collect_leftovers)
+            if any(removed.values()):
+                log.info("janitor removed %s", removed)
+        except Exception:
+            log.exception("collecting leftovers failed")
+        if seconds <= 0:
+            return
+        await asyncio.sleep(seconds)
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Admission control (api/metrics.py) admits at most max_inflight_requests threadpool
@@ -79,18 +102,30 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # The default model loads in the background: /healthz answers at once, /readyz when ready.
     loader = threading.Thread(target=_load_default, args=(app,), name="model-loader", daemon=True)
     loader.start()
+    janitor = asyncio.create_task(_janitor(app, settings.janitor_seconds))
     poller = None
     if settings.models_poll_seconds > 0:
         poller = asyncio.create_task(_poll_models(app, settings.models_poll_seconds))
     yield
-    app.state.service.shutdown()
+    if app.state.owns_service:  # a service handed in (tests, Serve) is its owner's to stop
+        app.state.service.shutdown()
+    janitor.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await janitor
     if poller is not None:
         poller.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await poller
 
 
-def create_app(settings: Settings | None = None, service: Convscope | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    service: Convscope | None = None,
+    *,
+    bind_host: str | None = None,
+) -> FastAPI:
+    """The app; ``bind_host`` (what ``convscope serve`` listens on) picks the default
+    trusted hosts when ``CONVSCOPE_TRUSTED_HOSTS`` is unset (see ``default_trusted_hosts``)."""
     settings = settings or Settings()
     app = FastAPI(
         title="convscope",
@@ -100,6 +135,7 @@ def create_app(settings: Settings | None = None, service: Convscope | None = Non
         dependencies=[Depends(known_query_only)],
     )
     app.state.settings = settings
+    app.state.owns_service = service is None
     app.state.service = service or Convscope(settings)
     app.state.ready = threading.Event()
     app.state.load_error = None
@@ -108,16 +144,34 @@ def create_app(settings: Settings | None = None, service: Convscope | None = Non
     for router in (health.router, models.router, images.router, activations.router, explain.router):
         app.include_router(router)
     app.include_router(admin.router)
+    app.include_router(collections_route.router)
+    app.include_router(weights_route.router)
     if settings.metrics_enabled:
         app.include_router(metrics_route.router)
     form_overhead = 64 * 1024
     app.add_middleware(
         BodyLimit,
         limit=settings.max_upload_bytes + form_overhead,
-        overrides={("POST", "/api/models"): settings.max_model_upload_bytes + form_overhead},
+        overrides={
+            ("POST", "/api/models"): settings.max_model_upload_bytes + form_overhead,
+            ("POST", "/api/collections/*/images"): settings.max_collection_upload_bytes,
+        },
+        json_limit=settings.max_json_body_bytes,
+        json_depth=settings.max_json_depth,
+        read_timeout=settings.body_read_timeout_seconds,
+        idle_timeout=settings.body_idle_timeout_seconds,
     )
     app.add_middleware(
-        Observe, metrics=app.state.metrics, max_inflight=settings.max_inflight_requests
+        Observe,
+        metrics=app.state.metrics,
+        max_inflight=settings.max_inflight_requests,
+        limits=Limits(
+            inflight=settings.max_inflight_requests,
+            watchers=settings.max_watchers,
+            watchers_per_client=settings.max_watchers_per_client,
+            uploads=settings.max_body_uploads,
+            uploads_per_client=settings.max_body_uploads_per_client,
+        ),
     )
     if settings.cors_origins:
         app.add_middleware(
@@ -125,8 +179,11 @@ def create_app(settings: Settings | None = None, service: Convscope | None = Non
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["*"],
-            expose_headers=["X-Convscope-Channels", "X-Convscope-Grid"],
+            expose_headers=["X-Convscope-Channels", "X-Convscope-Grid", *legend.HEADERS],
         )
+    trusted = settings.trusted_hosts or default_trusted_hosts(bind_host)
+    if "*" not in trusted:
+        app.add_middleware(TrustedHosts, hosts=trusted)
     app.add_middleware(SecurityHeaders)
     if settings.frontend_dir is not None and settings.frontend_dir.is_dir():
         app.mount("/", StaticFiles(directory=settings.frontend_dir, html=True), name="frontend")

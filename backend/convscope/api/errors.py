@@ -30,10 +30,26 @@ STATUS: dict[type[e.ConvscopeError], int] = {
     e.ModelUploadDisabledError: 403,
     e.UnauthorizedError: 401,
     e.ModelNotDeletableError: 409,
+    e.ImageNotDeletableError: 409,
+    e.UnsupportedOperatorError: 422,
     e.StorageError: 503,
     e.UnknownJobError: 404,
     e.JobNotFinishedError: 409,
     e.CancelledError: 409,
+    # collections and dataset examples
+    e.UnknownCollectionError: 404,
+    e.EmptyCollectionError: 409,
+    e.IndexNotFoundError: 404,
+    e.LayerNotIndexedError: 409,
+    e.NotSpatialLayerError: 422,
+    e.ArchiveTooLargeError: 413,
+    e.InvalidArchiveError: 422,
+    e.CollectionPathError: 403,
+    e.JobTokenError: 403,
+    e.StorageFullError: 507,
+    e.JsonTooDeepError: 422,
+    e.NotOnImageError: 422,
+    e.ArchitectureMismatchError: 422,
 }
 
 # Echoed user input (a 1 MB "layer name") must not make the error itself huge.

@@ -50,10 +50,12 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": escape_controls(record.getMessage()),
             "request_id": getattr(record, "request_id", None) or REQUEST_ID.get() or "-",
         }
-        entry.update(_extras(record))
+        entry.update(
+            {k: escape_controls(v) if isinstance(v, str) else v for k, v in _extras(record).items()}
+        )
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str, ensure_ascii=False)
@@ -67,15 +69,35 @@ class KeyValueFormatter(logging.Formatter):
         request_id = getattr(record, "request_id", None) or REQUEST_ID.get() or "-"
         pairs = " ".join(f"{k}={_kv(v)}" for k, v in _extras(record).items())
         line = f"{stamp} {record.levelname.lower()} {record.name} request_id={request_id} "
-        line += record.getMessage() + (f" {pairs}" if pairs else "")
+        line += escape_controls(record.getMessage()) + (f" {pairs}" if pairs else "")
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
 
 
+def escape_controls(text: str) -> str:
+    """Control characters (C0, DEL, C1, line and paragraph separators) as ``\\xNN`` /
+    ``\\uNNNN``: a URL or a name from a client can never start a fake log line or send
+    terminal escape sequences to whoever reads the log."""
+    if not any(_is_control(c) for c in text):
+        return text
+    return "".join(_escape(c) if _is_control(c) else c for c in text)
+
+
+def _is_control(c: str) -> bool:
+    return c < " " or "\x7f" <= c <= "\x9f" or c in "\u2028\u2029"
+
+
+def _escape(c: str) -> str:
+    return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+
+
 def _kv(value: object) -> str:
     text = str(value)
-    return json.dumps(text) if (not text or any(c in text for c in ' "=\n')) else text
+    if text and not any(c in text for c in ' "=\\') and text == escape_controls(text):
+        return text
+    # JSON escapes quotes, backslashes and C0 controls; escape_controls the rest (DEL, C1).
+    return escape_controls(json.dumps(text, ensure_ascii=False))
 
 
 def formatter(fmt: str) -> logging.Formatter:

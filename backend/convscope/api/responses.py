@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import Response
 
@@ -41,9 +43,22 @@ ERRORS: dict[int | str, Any] = {
 }
 
 
+def content_disposition(filename: str, disposition: str = "inline") -> str:
+    """``Content-Disposition`` per RFC 6266: a plain-ASCII ``filename`` fallback (anything
+    but letters, digits, ``.``, ``_`` and ``-`` becomes ``_``) and the exact name as
+    ``filename*=UTF-8''<percent-encoded>`` (RFC 5987). A name with quotes, newlines or
+    non-Latin-1 characters (a model's name comes from a client) cannot break the header."""
+    name = filename[:200]
+    fallback = _UNSAFE.sub("_", name).strip("._") or "download"
+    return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
 def send(rendered: Rendered, *, filename: str | None = None) -> Response:
     headers = dict(rendered.headers)
     if filename:
-        headers["Content-Disposition"] = f'inline; filename="{filename}"'
+        headers["Content-Disposition"] = content_disposition(filename)
     headers["Cache-Control"] = "private, max-age=3600"
     return Response(rendered.content, media_type=rendered.media_type, headers=headers)

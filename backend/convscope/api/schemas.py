@@ -26,6 +26,11 @@ class ModelOut(BaseModel):
     num_classes: int | None
     preprocessing: dict[str, Any] | None = None
     weights: str | None = None
+    verified: bool | None = Field(
+        None,
+        description="true: the published weights (hash checked); false: not checked, or "
+        "random; null: your own weights",
+    )
     num_layers: int | None = None
     num_parameters: int | None = None
 
@@ -78,6 +83,7 @@ class ChannelStatOut(BaseModel):
 class TopChannelOut(BaseModel):
     index: int
     mean: float
+    z: float | None = None  # with ?baseline=: z-score against the collection
 
 
 class ChannelsOut(BaseModel):
@@ -85,6 +91,7 @@ class ChannelsOut(BaseModel):
     shape: list[int]
     channels: list[ChannelStatOut]
     top: list[TopChannelOut]
+    baseline: dict[str, object] | None = None  # {collection, images, source} with ?baseline=
 
 
 class StatusOut(BaseModel):

@@ -33,12 +33,17 @@ def overlay(
     return np.rint(np.clip(mixed, 0, 255)).astype(np.uint8)
 
 
+def clip_value(values: npt.NDArray[np.floating], *, percentile: float = 99.5) -> float:
+    """The value :func:`unit_map` draws at the top of the colormap (0 for an empty map)."""
+    return float(np.percentile(values, percentile)) if values.size else 0.0
+
+
 def unit_map(
     values: npt.NDArray[np.floating], *, percentile: float = 99.5
 ) -> npt.NDArray[np.float32]:
     """Scale a non-negative ``float[H, W]`` map (e.g. saliency) to [0, 1], clipping at the
     ``percentile``-th value so a few extreme pixels do not turn the rest black."""
-    top = float(np.percentile(values, percentile)) if values.size else 0.0
+    top = clip_value(values, percentile=percentile)
     if top <= 0:
         return np.zeros(values.shape, dtype=np.float32)
     return np.clip(values / top, 0.0, 1.0).astype(np.float32)

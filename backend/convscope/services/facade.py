@@ -4,6 +4,9 @@ It owns the registry, the image store, the model store, the compute gate, the jo
 the capability services (``inspection``, ``optvis``, ``attribution``), and exposes each
 operation as one method, plus a :meth:`Convscope.stats` snapshot for metrics. A plain class
 with no module-level state, so a serving framework can wrap it as a replica.
+
+Over 300 lines: the one door, one short method per operation of every capability; each
+method only hands over to the capability's service.
 """
 
 from __future__ import annotations
@@ -11,25 +14,39 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, BinaryIO, Literal
+
+import numpy as np
 
 from convscope.config import Settings
 from convscope.render import colormap, overlay
 from convscope.services.attribution.methods import CamMethod, SaliencyMethod
 from convscope.services.attribution.views import Attributions
+from convscope.services.collections.ingest import Limits as CollectionLimits
+from convscope.services.collections.service import Collections, IndexRequest
 from convscope.services.compute.gate import ComputeGate
-from convscope.services.compute.jobs import JobManager, JobStatus
-from convscope.services.compute.runtime import configure_threads, freeze_heap, tune_allocator
+from convscope.services.compute.jobs import JobManager, JobRunner, JobStatus
+from convscope.services.compute.runtime import (
+    configure_threads,
+    freeze_heap,
+    release_free_memory,
+    share_cores,
+    tune_allocator,
+)
 from convscope.services.inspection.drawing import GridBounds
 from convscope.services.inspection.filters import FilterGrid, FilterView
 from convscope.services.inspection.inspector import Inspector
 from convscope.services.inspection.maps import Format, MapView
+from convscope.services.models import convert
 from convscope.services.models.registry import LoadedModel, ModelRegistry
 from convscope.services.models.uploads import ModelStore
 from convscope.services.optvis.optimize import DreamSettings
 from convscope.services.optvis.runs import FeatureVisualizer, OptimizeRequest
 from convscope.services.rendered import Rendered
+from convscope.services.storage import retention
 from convscope.services.storage.images import ImageRecord, ImageStore
+from convscope.services.weights.views import WeightViews
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +76,23 @@ class Stats:
     models_unavailable: int
 
 
+def _job_runner(settings: Settings, local: JobManager) -> JobRunner:
+    """This process's job manager, or, with ``ray_address`` set, the cluster's job table
+    (``services/cluster``; Ray is imported only then)."""
+    if not settings.ray_address:
+        return local
+    from convscope.services.cluster.jobs import RayJobManager
+
+    return RayJobManager(settings, local)
+
+
 class Convscope:
     """The service: models, images, and every view of them."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        tune_allocator(arenas=configure_threads(settings.torch_threads))
+        threads = configure_threads(settings.torch_threads)
+        tune_allocator(arenas=threads)
         self.registry = ModelRegistry(settings)
         self.images = ImageStore(
             settings.data_dir,
@@ -72,12 +100,17 @@ class Convscope:
             max_bytes=settings.max_image_store_bytes,
             max_pixels=settings.max_image_pixels,
         )
-        self.gate = ComputeGate(settings.max_concurrent_compute, settings.max_queue)
-        self.jobs = JobManager(
-            settings.max_running_jobs,
-            settings.max_queued_jobs,
-            results_dir=settings.data_dir / "results",
-            preview_encoder=lambda t: overlay.images_png(t.clamp(0, 1)),
+        self.gate = ComputeGate(
+            settings.max_concurrent_compute, settings.max_queue, on_enter=share_cores(threads)
+        )
+        self.jobs: JobRunner = _job_runner(
+            settings,
+            JobManager(
+                settings.max_running_jobs,
+                settings.max_queued_jobs,
+                results_dir=settings.data_dir / "results",
+                preview_encoder=lambda t: overlay.images_png(t.clamp(0, 1)),
+            ),
         )
         self.inspector = Inspector(
             self.registry,
@@ -89,12 +122,34 @@ class Convscope:
             max_image_pixels=settings.max_image_pixels,
         )
         self.features = FeatureVisualizer(settings, self.registry, self.images, self.jobs)
-        self.attributions = Attributions(self.registry, self.images, self.gate)
+        self.attributions = Attributions(self.registry, self.images, self.gate, self.jobs)
+        self.weights = WeightViews(
+            self.registry,
+            self.images,
+            self.gate,
+            max_scale=settings.max_scale,
+            max_json_floats=settings.max_json_floats,
+            cache_bytes=settings.render_cache_bytes,
+        )
+        self.collections = Collections(
+            settings.data_dir,
+            self.registry,
+            self.images,
+            self.jobs,
+            roots=settings.collection_roots,
+            limits=CollectionLimits(
+                settings.max_collection_members,
+                settings.max_collection_bytes,
+                settings.max_upload_bytes,
+            ),
+            builtin_collection=settings.builtin_collection,
+        )
         self.model_store = ModelStore(
             settings.models_path,
             architectures=settings.model_upload_architectures,
             max_bytes=settings.max_model_upload_bytes,
             max_classes=settings.max_num_classes,
+            max_parameters=settings.max_model_parameters,
             compute_slot=self.gate.slot,
             on_change=self.registry.refresh,
         )
@@ -114,7 +169,32 @@ class Convscope:
                 colormap.lookup_table(name, colormap.levels(name))
         finally:  # loaded or not: what is loaded now is frozen and the collector runs again
             freeze_heap()
+            release_free_memory()
         return model
+
+    def collect_leftovers(self) -> dict[str, int]:
+        """One janitor pass (issue 10): old job results beyond the retention bounds,
+        temporary files and orphan image halves of dead writes, stale upload staging.
+        Returns how many entries each step removed."""
+        settings, results = self.settings, self.settings.data_dir / "results"
+        images = self.settings.data_dir / "images"
+        removed = {
+            "results": retention.trim(
+                results,
+                "*.png",
+                max_count=settings.max_job_results,
+                max_bytes=settings.max_job_results_bytes,
+                max_age=settings.job_results_max_age_seconds,
+            ),
+            "temporaries": retention.remove_temporaries(results)
+            + retention.remove_temporaries(images),
+            "orphans": retention.remove_orphans(images, ".img", ".json"),
+        }
+        try:
+            self.model_store.recover()
+        except OSError as exc:
+            log.warning("cleaning the models folder failed: %s", exc)
+        return removed
 
     def refresh_models(self) -> None:
         """Re-read the models folder (another replica added or deleted a model)."""
@@ -164,6 +244,12 @@ class Convscope:
         """Validate and store an uploaded model; returns the name it is served under."""
         return self.model_store.add(weights, filename, manifest)
 
+    @staticmethod
+    def convert_checkpoint(checkpoint: Path, folder: Path, **manifest: Any) -> dict[str, Any]:
+        """A ``.pth`` state dict -> ``folder/model.safetensors`` + ``manifest.json``, checked
+        as the server checks them (``models/convert.py``; no server or model needed)."""
+        return convert.convert_checkpoint(checkpoint, folder, **manifest)
+
     def delete_model(self, name: str) -> None:
         """Delete an uploaded model (built-in and operator-provided ones refuse: 409)."""
         listed = {m["name"]: m["source"] for m in self.models()}
@@ -171,11 +257,19 @@ class Convscope:
 
     # --- images -----------------------------------------------------------------------------
 
-    def put_image(self, data: bytes, name: str | None) -> tuple[ImageRecord, bool]:
-        return self.images.put(data, name)
+    def put_image(
+        self, data: bytes, name: str | None, owner: str | None = None
+    ) -> tuple[ImageRecord, bool]:
+        """Store an image, owned by ``owner`` (an opaque key) when given."""
+        return self.images.put(data, name, owner)
 
-    def list_images(self) -> list[dict[str, Any]]:
-        return [r.as_dict() for r in self.images.list()]
+    def list_images(self, owner: str | None = None) -> list[dict[str, Any]]:
+        """The samples and ``owner``'s own uploads (no owner: the samples)."""
+        return [r.as_dict() for r in self.images.list_for(owner)]
+
+    def delete_image(self, image_id: str, owner: str | None) -> None:
+        """Drop ``owner``'s ownership of an upload; the bytes go with the last owner."""
+        self.images.disown(image_id=image_id, owner=owner)
 
     def image(self, image_id: str) -> tuple[ImageRecord, bytes]:
         return self.images.data(image_id)
@@ -209,8 +303,12 @@ class Convscope:
     ) -> Rendered:
         return self.inspector.activations_once(model, data, layer, fmt, view)
 
-    def channel_stats(self, model: str, image_id: str, layer: str, top: int) -> dict[str, Any]:
-        return self.inspector.channel_stats(model, image_id, layer, top)
+    def channel_stats(
+        self, model: str, image_id: str, layer: str, top: int, baseline: str | None = None
+    ) -> dict[str, Any]:
+        """Per-channel statistics; with ``baseline`` (a collection id) the top-k by z-score."""
+        stats = self.inspector.channel_stats(model, image_id, layer, top)
+        return stats if baseline is None else self._against(stats, model, image_id, baseline, top)
 
     def predictions(self, model: str, image_id: str, top: int) -> list[dict[str, Any]]:
         return self.inspector.predictions(model, image_id, top)
@@ -236,8 +334,9 @@ class Convscope:
     def job(self, job_id: str) -> JobStatus:
         return self.jobs.status(job_id)
 
-    def cancel_job(self, job_id: str) -> JobStatus:
-        return self.jobs.cancel(job_id)
+    def cancel_job(self, job_id: str, token: str | None = None) -> JobStatus:
+        """Cancel with the submitter's control token (``JobTokenError`` if it is not one)."""
+        return self.jobs.cancel(job_id, token)
 
     def job_result(self, job_id: str) -> bytes:
         return self.jobs.result_png(job_id)
@@ -248,6 +347,11 @@ class Convscope:
     def job_update(self, job_id: str, last_version: int, timeout: float) -> JobStatus:
         """Block until the job's version passes ``last_version`` or ``timeout`` seconds pass."""
         return self.jobs.wait_for_update(job_id, last_version, timeout)
+
+    def watch_job(self, job_id: str, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` (from another thread; it must only hand over) on every change of
+        the job; returns the function that stops it. For waiting without a thread."""
+        return self.jobs.subscribe(job_id, callback)
 
     # --- attribution ------------------------------------------------------------------------
 
@@ -272,6 +376,53 @@ class Convscope:
             alpha=alpha,
         )
 
+    # Score-CAM and SmoothGrad take seconds: the routes get them through the job API.
+    def cam_or_job(
+        self,
+        model: str,
+        image_id: str,
+        *,
+        layer: str | None = None,
+        class_index: int | None = None,
+        method: CamMethod = "gradcam",
+        fmt: Literal["png", "npy", "json"] = "png",
+        alpha: float = 0.5,
+    ) -> Rendered | JobStatus:
+        """:meth:`cam` for fast methods; for Score-CAM the job's status until it is done."""
+        return self.attributions.cam_or_job(
+            model,
+            image_id,
+            layer=layer,
+            class_index=class_index,
+            method=method,
+            fmt=fmt,
+            alpha=alpha,
+        )
+
+    def saliency_or_job(
+        self,
+        model: str,
+        image_id: str,
+        *,
+        method: SaliencyMethod = "vanilla",
+        class_index: int | None = None,
+        fmt: Literal["png", "npy"] = "png",
+        samples: int = 16,
+        noise: float = 0.15,
+        seed: int = 0,
+    ) -> Rendered | JobStatus:
+        """:meth:`saliency` for fast methods; for SmoothGrad the job's status until done."""
+        return self.attributions.saliency_or_job(
+            model,
+            image_id,
+            method=method,
+            class_index=class_index,
+            fmt=fmt,
+            samples=samples,
+            noise=noise,
+            seed=seed,
+        )
+
     def saliency(
         self,
         model: str,
@@ -294,3 +445,127 @@ class Convscope:
             noise=noise,
             seed=seed,
         )
+
+    # --- weights ------------------------------------------------------------------------
+
+    def expanded(
+        self,
+        model: str,
+        layer: str,
+        channel: int,
+        onto: str = "input",
+        fmt: Literal["png", "json", "npy"] = "png",
+        *,
+        top: int = 16,
+        scale: int | None = None,
+    ) -> Rendered:
+        """Expanded weights of ``layer[channel]`` onto the image or an earlier layer."""
+        return self.weights.expanded(model, layer, channel, onto, fmt, top=top, scale=scale)
+
+    def filter_analysis(
+        self, model: str, layer: str, fmt: Literal["json", "png"] = "json", scale: int | None = None
+    ) -> Rendered:
+        """Orientation, frequency, colour class and energy of a first conv layer's filters."""
+        return self.weights.analysis(model, layer, fmt, scale)
+
+    def compare_models(self, a: str, b: str, image_id: str | None = None) -> dict[str, Any]:
+        """Where two checkpoints of one architecture differ, layer by layer."""
+        return self.weights.compare(a, b, image_id)
+
+    # --- collections ---------------------------------------------------------------------
+
+    def list_collections(self) -> list[dict[str, Any]]:
+        return self.collections.list_all()
+
+    def collection_roots(self) -> list[dict[str, str]]:
+        return self.collections.roots_listing()
+
+    def create_collection(
+        self, name: str, root: str | None = None, path: str | None = None
+    ) -> dict[str, Any]:
+        """A new collection, empty or filled from an allow-listed server folder."""
+        return self.collections.create(name, root, path).summary()
+
+    def collection(self, cid: str) -> dict[str, Any]:
+        return self.collections.describe(cid)
+
+    def find_collection(self, id_or_name: str) -> str:
+        """A collection's id from its id or its name (the CLI)."""
+        return self.collections.find(id_or_name)
+
+    def import_folder(self, name: str, folder: Path) -> dict[str, Any]:
+        """A collection of any local folder: for the CLI, which runs with the operator's
+        rights (over HTTP only allow-listed roots are reachable)."""
+        return self.collections.import_folder(name, folder)
+
+    def delete_collection(self, cid: str) -> None:
+        self.collections.delete(cid)
+
+    def add_to_collection(
+        self,
+        cid: str,
+        files: list[tuple[str, BinaryIO]],
+        archive: tuple[str, BinaryIO] | None = None,
+    ) -> dict[str, Any]:
+        """Add uploaded files and/or one archive: ``{added, duplicates, skipped, images}``."""
+        result = self.collections.add_files(cid, files)
+        if archive is not None:
+            more = self.collections.add_archive(cid, *archive)
+            result = {
+                "added": result["added"] + more["added"],
+                "duplicates": result["duplicates"] + more["duplicates"],
+                "skipped": result["skipped"] + more["skipped"],
+                "images": result["images"] + more["images"],
+            }
+        return result
+
+    def index_collection(
+        self, model: str, cid: str, layers: tuple[str, ...] = (), k: int = 16
+    ) -> JobStatus:
+        """Start (or find) the job indexing ``cid`` through ``model``."""
+        return self.collections.index(model, cid, IndexRequest(layers, k))
+
+    def index_now(
+        self,
+        model: str,
+        cid: str,
+        layers: tuple[str, ...] = (),
+        k: int = 16,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, Any]:
+        """Index in this thread (the CLI): the job's summary."""
+        return self.collections.index_now(model, cid, IndexRequest(layers, k), progress)
+
+    def index_summary(self, job_id: str) -> dict[str, Any]:
+        """The summary an index job returned (409 while it is not done)."""
+        return self.collections.summary_of(self.jobs.result_png(job_id), job_id)
+
+    def dataset_examples(
+        self,
+        model: str,
+        cid: str,
+        layer: str,
+        channel: int,
+        k: int = 9,
+        by: Literal["max", "mean"] = "max",
+        fmt: Literal["json", "png"] = "json",
+        show: Literal["patch", "image", "overlay"] = "patch",
+        rank: int | None = None,
+    ) -> Rendered:
+        """A channel's top-``k`` dataset examples (JSON, or a PNG of patches or images)."""
+        return self.collections.examples(model, cid, layer, channel, k, by, fmt, show, rank)
+
+    def collection_stats(
+        self, model: str, cid: str, layer: str, fmt: Literal["json", "npy"] = "json"
+    ) -> Rendered:
+        return self.collections.stats(model, cid, layer, fmt)
+
+    def _against(
+        self, stats: dict[str, Any], model: str, image_id: str, cid: str, top: int
+    ) -> dict[str, Any]:
+        """``stats`` with each channel's z-score against collection ``cid``, top-k by it."""
+        means = np.array([c["mean"] for c in stats["channels"]], np.float64)
+        z, about = self.collections.zscores(model, cid, stats["layer"], image_id, means)
+        order = np.argsort(-z, kind="stable")[:top]
+        ranked = [{"index": int(i), "mean": float(means[i]), "z": float(z[i])} for i in order]
+        return {**stats, "top": ranked, "baseline": about}

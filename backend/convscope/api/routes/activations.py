@@ -73,16 +73,26 @@ def activations(
     return send(rendered, filename=f"{model}_{layer}_activations.{fmt}")
 
 
-@router.get("/images/{image_id}/channels/{layer}", response_model=ChannelsOut, responses=ERRORS)
+@router.get(
+    "/images/{image_id}/channels/{layer}",
+    response_model=ChannelsOut,
+    # 409: ?baseline= names a collection whose index does not cover the layer
+    responses={**ERRORS, 409: ERRORS[422] | {"description": "layer not in the baseline index"}},
+)
 def channels(
     model: str,
     image_id: ImageId,
     layer: str,
     service: ServiceDep,
     top: Annotated[int, Query(ge=1, le=100_000)] = 10,
+    baseline: Annotated[
+        str | None,
+        Query(max_length=64, description="a collection id: rank the top-k by z-score against it"),
+    ] = None,
 ) -> dict[str, object]:
-    """Per-channel min, max, mean and std, and the ``top`` channels by mean activation."""
-    return service.channel_stats(model, image_id, layer, top)
+    """Per-channel min, max, mean and std, and the ``top`` channels by mean activation (or,
+    with ``baseline``, by z-score against that collection's index)."""
+    return service.channel_stats(model, image_id, layer, top, baseline)
 
 
 @router.get("/images/{image_id}/predictions", response_model=list[PredictionOut], responses=ERRORS)

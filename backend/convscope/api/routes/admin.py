@@ -15,9 +15,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from convscope.api.deps import ServiceDep
+from convscope.api.middleware import json_depth
 from convscope.api.responses import ERROR_SCHEMA
 from convscope.api.schemas import ModelOut
-from convscope.errors import InvalidParameterError, ModelUploadDisabledError, UnauthorizedError
+from convscope.errors import (
+    InvalidParameterError,
+    JsonTooDeepError,
+    ModelUploadDisabledError,
+    UnauthorizedError,
+)
 
 router = APIRouter(prefix="/api/models", tags=["models"])
 
@@ -104,6 +110,9 @@ async def upload_model(
             raise InvalidParameterError(
                 "manifest", "expected a multipart field 'manifest' holding a JSON object"
             )
+        limit = request.app.state.settings.max_json_depth
+        if json_depth(manifest_text) > limit:  # json.loads would recurse on it (500)
+            raise JsonTooDeepError("manifest", limit)
         try:
             manifest = json.loads(manifest_text)
         except ValueError as exc:

@@ -1,29 +1,40 @@
-"""Feature visualisation jobs, DeepDream, Grad-CAM and saliency."""
+"""Feature visualisation jobs, DeepDream, Grad-CAM and saliency.
+
+Over 300 lines: one route per job operation (status, events, result, preview, cancel)
+and per method, each a few lines of parameters and one facade call; splitting them would
+scatter the job routes that clients use together.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
-import anyio.to_thread
 import orjson
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from convscope.api.deps import ServiceDep
 from convscope.api.responses import ERRORS, media, send
 from convscope.api.routes.images import ImageId
+from convscope.services.compute.jobs import JobStatus
 from convscope.services.optvis.optimize import DreamSettings, OptimizeSettings
 from convscope.services.optvis.runs import OptimizeRequest
 
 router = APIRouter(tags=["feature visualisation and attribution"])
 
+MAX_OBJECTIVE_CHARS = 512  # one objective expression (docs/operations.md)
+KEEPALIVE_SECONDS = 10.0
+POLL_SECONDS = 1.0
+
 
 class OptimizeIn(BaseModel):
     """An optimisation: ``objectives`` (one image each), or ``layer`` with ``channels``."""
 
-    objectives: list[str] = Field(
+    objectives: list[Annotated[str, Field(max_length=MAX_OBJECTIVE_CHARS)]] = Field(
         default_factory=list,
         max_length=64,
         description="e.g. ['blocks.4:10', 'neuron(blocks.4:3)', 'layer(blocks.3)', "
@@ -69,6 +80,11 @@ class JobOut(BaseModel):
     has_preview: bool
     cached: bool
     label: str
+    token: str | None = Field(
+        None,
+        description="only in the answer to the submitter: the control token that "
+        "DELETE /api/jobs/{id} needs (header X-Job-Token)",
+    )
 
 
 def _job_response(job: dict[str, object], response: Response) -> dict[str, object]:
@@ -133,10 +149,27 @@ def job(job_id: str, service: ServiceDep) -> dict:
     return service.job(job_id).as_dict()
 
 
-@router.delete("/api/jobs/{job_id}", response_model=JobOut, responses=ERRORS)
-def cancel(job_id: str, service: ServiceDep) -> dict:
-    """Cancel a queued or running job."""
-    return service.cancel_job(job_id).as_dict()
+@router.delete(
+    "/api/jobs/{job_id}",
+    response_model=JobOut,
+    responses={**ERRORS, 403: {"description": "missing or wrong X-Job-Token"}},
+)
+def cancel(
+    job_id: str,
+    service: ServiceDep,
+    x_job_token: Annotated[
+        str,
+        Header(
+            max_length=2048,
+            description="the submitter's token (several, comma-separated, if this client "
+            "submitted the same work more than once)",
+        ),
+    ] = "",
+) -> dict:
+    """Cancel a queued or running job; needs the token its submitter got (X-Job-Token).
+
+    Identical submissions share one job: it stops when every submitter has cancelled."""
+    return service.cancel_job(job_id, x_job_token).as_dict()
 
 
 @router.get("/api/jobs/{job_id}/result.png", response_class=Response, responses=media("png"))
@@ -179,24 +212,48 @@ def preview(
     },
 )
 async def events(job_id: str, request: Request, service: ServiceDep) -> StreamingResponse:
-    """Server-sent events: one ``progress`` event per change, then ``end``."""
-    first = await anyio.to_thread.run_sync(service.job, job_id)  # 404 before streaming
+    """Server-sent events: one ``progress`` event per change, then ``end``.
+
+    Waits on the event loop (the job manager wakes it), never in a worker thread; admitted
+    as a watcher (CONVSCOPE_MAX_WATCHERS, ..._PER_CLIENT), closed after
+    CONVSCOPE_WATCH_MAX_SECONDS."""
+    first = service.job(job_id)  # 404 before streaming; a lookup, no waiting
+    limit = request.app.state.settings.watch_max_seconds
 
     async def stream() -> AsyncIterator[bytes]:
-        status_now = first
-        version = -1
-        while True:
-            if status_now.version != version:
-                version = status_now.version
-                yield b"event: progress\ndata: " + orjson.dumps(status_now.as_dict()) + b"\n\n"
-            if status_now.state in ("done", "failed", "cancelled"):
-                yield b"event: end\ndata: " + orjson.dumps(status_now.as_dict()) + b"\n\n"
-                return
-            if await request.is_disconnected():
-                return
-            status_now = await anyio.to_thread.run_sync(service.job_update, job_id, version, 10.0)
-            if status_now.version == version:
-                yield b": keep-alive\n\n"
+        loop = asyncio.get_running_loop()
+        changed = asyncio.Event()
+
+        def wake() -> None:
+            loop.call_soon_threadsafe(changed.set)
+
+        stop = service.watch_job(job_id, wake)
+        deadline = loop.time() + limit
+        wrote = loop.time()
+        try:
+            status_now = first
+            version = -1
+            while True:
+                if status_now.version != version:
+                    version, wrote = status_now.version, loop.time()
+                    yield b"event: progress\ndata: " + _event(status_now) + b"\n\n"
+                if status_now.state in ("done", "failed", "cancelled"):
+                    yield b"event: end\ndata: " + _event(status_now) + b"\n\n"
+                    return
+                left = deadline - loop.time()
+                if left <= 0:
+                    yield b"event: timeout\ndata: {}\n\n"  # reconnect to follow further
+                    return
+                # Woken by the job manager; polled each second too (cluster jobs do not wake).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), min(POLL_SECONDS, left))
+                changed.clear()
+                status_now = service.job(job_id)
+                if status_now.version == version and loop.time() - wrote >= KEEPALIVE_SECONDS:
+                    yield b": keep-alive\n\n"
+                    wrote = loop.time()
+        finally:
+            stop()
 
     return StreamingResponse(
         stream(),
@@ -208,7 +265,7 @@ async def events(job_id: str, request: Request, service: ServiceDep) -> Streamin
 @router.get(
     "/api/models/{model}/images/{image_id}/cam",
     response_class=Response,
-    responses=media("png", "npy", "json"),
+    responses={**media("png", "npy", "json"), 202: {"model": JobOut, "description": "job"}},
 )
 def class_activation_map(
     model: str,
@@ -220,8 +277,12 @@ def class_activation_map(
     fmt: Annotated[Literal["png", "npy", "json"], Query(alias="format")] = "png",
     alpha: Annotated[float, Query(ge=0, le=1, description="heatmap opacity (PNG)")] = 0.5,
 ) -> Response:
-    """Grad-CAM / Grad-CAM++ / Score-CAM: overlay PNG, heatmap NPY [H, W] or JSON (raw cam)."""
-    rendered = service.cam(
+    """Grad-CAM / Grad-CAM++ / Score-CAM: overlay PNG, heatmap NPY [H, W] or JSON (raw cam).
+
+    Score-CAM runs as a job: 202 with the job (``Location: /api/jobs/{id}``) until it is
+    done; the same GET then answers 200 with the result.
+    """
+    rendered = service.cam_or_job(
         model,
         image_id,
         layer=layer,
@@ -230,13 +291,15 @@ def class_activation_map(
         fmt=fmt,
         alpha=alpha,
     )
+    if isinstance(rendered, JobStatus):
+        return _job_accepted(rendered)
     return send(rendered, filename=f"{model}_{method}.{fmt}")
 
 
 @router.get(
     "/api/models/{model}/images/{image_id}/saliency",
     response_class=Response,
-    responses=media("png", "npy"),
+    responses={**media("png", "npy"), 202: {"model": JobOut, "description": "job"}},
 )
 def saliency_map(
     model: str,
@@ -249,8 +312,11 @@ def saliency_map(
     noise: Annotated[float, Query(ge=0, le=1, description="SmoothGrad noise level")] = 0.15,
     seed: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> Response:
-    """Saliency: vanilla gradient, SmoothGrad or guided backprop, as PNG or NPY [H, W]."""
-    rendered = service.saliency(
+    """Saliency: vanilla gradient, SmoothGrad or guided backprop, as PNG or NPY [H, W].
+
+    SmoothGrad runs as a job: 202 with the job until it is done, then 200 with the result.
+    """
+    rendered = service.saliency_or_job(
         model,
         image_id,
         method=method,
@@ -260,4 +326,20 @@ def saliency_map(
         noise=noise,
         seed=seed,
     )
+    if isinstance(rendered, JobStatus):
+        return _job_accepted(rendered)
     return send(rendered, filename=f"{model}_saliency_{method}.{fmt}")
+
+
+def _job_accepted(job: JobStatus) -> Response:
+    """202 with the job's status; GET the same URL again once the job is done."""
+    return Response(
+        orjson.dumps(job.as_dict()),
+        status_code=202,
+        media_type="application/json",
+        headers={"Location": f"/api/jobs/{job.id}", "Cache-Control": "no-store"},
+    )
+
+
+def _event(job: JobStatus) -> bytes:
+    return orjson.dumps({**job.as_dict(), "token": None})

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Path, Query, Response, UploadFile, status
+from fastapi import APIRouter, File, Path, Query, Request, Response, UploadFile, status
 
 from convscope.api.deps import ServiceDep, SettingsDep
+from convscope.api.owner import OwnerDep, issue
 from convscope.api.responses import ERRORS, media, send
 from convscope.api.schemas import ImageOut
 from convscope.errors import PayloadTooLargeError
 
 router = APIRouter(tags=["images"])
 
-ImageId = Annotated[str, Path(description="image id (sha256), see GET /api/images")]
+ImageId = Annotated[
+    str,
+    Path(
+        description="image id (sha256), or a sample's name (cat, sample:cat); see GET /api/images"
+    ),
+]
 
 
 def read_upload(file: UploadFile, limit: int) -> bytes:
@@ -41,11 +47,19 @@ def upload_image(
     file: Annotated[UploadFile, File(description="JPEG, PNG, WebP, GIF, BMP or TIFF")],
     service: ServiceDep,
     settings: SettingsDep,
+    request: Request,
     response: Response,
+    owner: OwnerDep,
 ) -> dict[str, object]:
-    """Store an image; its id is the sha256 of its bytes (uploading it again changes nothing)."""
+    """Store an image; its id is the sha256 of its bytes (uploading it again changes nothing).
+
+    The upload is owned by the caller's key (``X-Convscope-Owner`` header or
+    ``convscope_owner`` cookie); a caller with neither gets a new key as that cookie.
+    """
     data = read_upload(file, settings.max_upload_bytes)
-    record, created = service.put_image(data, file.filename)
+    if owner is None:
+        owner = issue(request, response)
+    record, created = service.put_image(data, file.filename, owner)
     if not created:
         response.status_code = status.HTTP_200_OK
     response.headers["Location"] = f"/api/images/{record.id}"
@@ -53,9 +67,22 @@ def upload_image(
 
 
 @router.get("/api/images", response_model=list[ImageOut])
-def list_images(service: ServiceDep) -> list[dict[str, object]]:
-    """Bundled samples first, then uploads, most recent first."""
-    return service.list_images()
+def list_images(service: ServiceDep, owner: OwnerDep) -> list[dict[str, object]]:
+    """Bundled samples first, then the caller's own uploads, most recent first."""
+    return service.list_images(owner)
+
+
+@router.delete(
+    "/api/images/{image_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses={409: ERRORS[422] | {"description": "a bundled sample"}, **ERRORS},
+)
+def delete_image(image_id: ImageId, service: ServiceDep, owner: OwnerDep) -> Response:
+    """Remove the caller's upload (404 if the caller does not own it); the bytes go when no
+    other owner is left."""
+    service.delete_image(image_id, owner)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get(

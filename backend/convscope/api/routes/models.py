@@ -49,8 +49,12 @@ def filters(
     service: ServiceDep,
     fmt: Annotated[Literal["png", "json", "npy"], Query(alias="format")] = "png",
     normalize: Annotated[
-        Literal["filter", "layer"], Query(description="scale each filter or the whole layer")
-    ] = "filter",
+        Literal["filter", "layer"] | None,
+        Query(
+            description="scale each filter or the whole layer; default: per filter, except "
+            "1x1 kernels and reductions (layer-wide; 1x1 kernels always)"
+        ),
+    ] = None,
     input_channel: Annotated[
         int | None, Query(ge=0, description="draw this input channel of every filter")
     ] = None,
@@ -65,7 +69,13 @@ def filters(
         int | None,
         Query(ge=1, description="nearest-neighbour upscaling, at most CONVSCOPE_MAX_SCALE (32)"),
     ] = None,
-    colormap: Annotated[str, Query(description="for single-channel tiles")] = "gray",
+    colormap: Annotated[
+        str | None,
+        Query(
+            description="for single-channel tiles; default: coolwarm for 1x1 kernels and "
+            "signed reductions, viridis for l2, gray otherwise"
+        ),
+    ] = None,
     padding: Annotated[int, Query(ge=0, le=16)] = 1,
     background: Annotated[int, Query(ge=0, le=255, description="grey level between tiles")] = 255,
     values: Annotated[bool, Query(description="JSON: include the weights")] = True,

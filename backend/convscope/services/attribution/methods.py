@@ -11,7 +11,7 @@ parameters; hooks are removed and the train/eval mode restored on the way out.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -27,6 +27,8 @@ from convscope.services.models.preprocess import standardize
 
 CamMethod = Literal["gradcam", "gradcampp", "scorecam"]
 SaliencyMethod = Literal["vanilla", "smoothgrad", "guided"]
+Progress = Callable[[int, int], None]
+"""``progress(step, total)``: called between batches; may raise to stop (a cancelled job)."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ def cam(
     method: CamMethod = "gradcam",
     model_name: str = "model",
     batch_size: int = 32,
+    progress: Progress | None = None,
 ) -> CamResult:
     """Class activation map of ``image`` (``Tensor[3, H, W]`` in [0, 1]) for one class.
 
@@ -98,7 +101,7 @@ def cam(
     - gradcampp: Grad-CAM++ weights (Chattopadhay et al. 2018, eq. 19);
     - scorecam: weights = softmax over channels of the class logit for the image masked by
       each min-max-normalised, upsampled channel (one forward per channel, ``batch_size`` at
-      a time).
+      a time; ``progress(done, channels)`` after each batch).
     """
     _check_image(image)
     height, width = image.shape[1:]
@@ -119,7 +122,7 @@ def cam(
             index = _pick_class(logits[0], class_index)
             score = logits[0, index]
             if method == "scorecam":
-                weights = _scorecam_weights(module, x, act.detach()[0], index, batch_size)
+                weights = _scorecam_weights(module, x, act.detach()[0], index, batch_size, progress)
             else:
                 (grad,) = torch.autograd.grad(score, [act])
                 weights = (
@@ -147,7 +150,12 @@ def _gradcampp_weights(act: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def _scorecam_weights(
-    module: nn.Module, x: torch.Tensor, act: torch.Tensor, index: int, batch_size: int
+    module: nn.Module,
+    x: torch.Tensor,
+    act: torch.Tensor,
+    index: int,
+    batch_size: int,
+    progress: Progress | None = None,
 ) -> torch.Tensor:
     """Score-CAM weights ``Tensor[C]``: softmax of the class logit over masked inputs."""
     masks = F.interpolate(act[None], size=x.shape[-2:], mode="bilinear", align_corners=True)[0]
@@ -159,6 +167,8 @@ def _scorecam_weights(
     for start in range(0, masks.shape[0], batch_size):
         chunk = masks[start : start + batch_size]
         scores.append(module(x * chunk[:, None])[:, index])
+        if progress is not None:
+            progress(min(start + batch_size, masks.shape[0]), masks.shape[0])
     return torch.softmax(torch.cat(scores), dim=0)
 
 
@@ -221,6 +231,7 @@ def saliency(
     seed: int = 0,
     batch_size: int = 8,
     max_samples: int = 128,
+    progress: Progress | None = None,
 ) -> SaliencyResult:
     """Gradient of the class logit w.r.t. ``image`` (``Tensor[3, H, W]`` in [0, 1]).
 
@@ -264,6 +275,8 @@ def saliency(
                 g, s = _input_gradient(module, x + sigma * eps, mean, std, index)
                 total += g.sum(0, keepdim=True)
                 score_sum += float(s.sum())
+                if progress is not None:
+                    progress(start + n, samples)
             grad, scores = total / samples, torch.tensor([score_sum / samples])
     gradient = grad[0].detach().cpu()
     return SaliencyResult(gradient.abs().amax(0), gradient, index, float(scores[0]), method)

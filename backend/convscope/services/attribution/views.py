@@ -1,29 +1,64 @@
 """Attribution views: where did the network look in this image? Grad-CAM family, saliency.
 
 ``Attributions`` resolves the model and image, runs ``methods`` under a compute slot and
-renders the result (overlay PNG, NPY or JSON). A plain class with no module state.
+renders the result (overlay PNG, NPY or JSON). The slow methods (Score-CAM: one forward pass
+per channel; SmoothGrad: one backward pass per sample) also run as jobs
+(:meth:`Attributions.cam_or_job`): the job computes the maps once, keeps them (packed as
+NPZ) as its result, and any format is rendered from that result. A plain class with no
+module state.
+
+Over 300 lines: CAM and saliency each need the synchronous view, the job path and the
+three encodings (PNG, NPY, JSON); the math itself is in ``methods.py``.
 """
 
 from __future__ import annotations
 
+import io
 from typing import Any, Literal
+
+import numpy as np
+import torch
 
 from convscope.errors import InvalidParameterError
 from convscope.render import encode, overlay
-from convscope.services.attribution.methods import CamMethod, SaliencyMethod, cam, saliency
+from convscope.render.legend import Scale
+from convscope.services.attribution.methods import (
+    CamMethod,
+    CamResult,
+    Progress,
+    SaliencyMethod,
+    SaliencyResult,
+    cam,
+    saliency,
+)
 from convscope.services.compute.gate import ComputeGate
+from convscope.services.compute.jobs import JobContext, JobRunner, JobStatus, cache_key
 from convscope.services.models.registry import LoadedModel, ModelRegistry
 from convscope.services.rendered import JSON, NPY, PNG, Rendered
 from convscope.services.storage.images import ImageStore
+
+CAM_COLORMAP = "jet"  # pytorch-grad-cam's
+SALIENCY_COLORMAP = "inferno"
+SLOW_METHODS: frozenset[str] = frozenset({"scorecam", "smoothgrad"})
+"""Methods that take seconds on a CPU: served through the job API by ``*_or_job``."""
 
 
 class Attributions:
     """Grad-CAM, Grad-CAM++, Score-CAM and saliency maps for the registry's models."""
 
-    def __init__(self, registry: ModelRegistry, images: ImageStore, gate: ComputeGate) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        images: ImageStore,
+        gate: ComputeGate,
+        jobs: JobRunner | None = None,
+    ) -> None:
         self.registry = registry
         self.images = images
         self.gate = gate
+        self.jobs = jobs
+
+    # --- class activation maps -----------------------------------------------------------
 
     def cam(
         self,
@@ -35,31 +70,108 @@ class Attributions:
         method: CamMethod,
         fmt: Literal["png", "npy", "json"],
         alpha: float,
+        progress: Progress | None = None,
     ) -> Rendered:
-        """Grad-CAM family heatmap: PNG overlay on the input view, NPY ``[H, W]`` or JSON."""
+        """Grad-CAM family heatmap: PNG overlay on the input view, NPY ``[H, W]`` or JSON.
+
+        Computed here and now, whatever the method (the CLI's way).
+        """
         model, view = self._view(model_name, image_id)
-        if layer is not None:
-            model.layer(layer)
-        else:
-            layer = model.cam_layer
-            if layer is None:
-                raise InvalidParameterError("layer", "the model has no layer with a spatial output")
+        layer = self._cam_layer(model, layer)
         self._check_class(model, class_index)
-        pre = model.spec.preprocessing
         with self.gate.slot():
-            result = cam(
-                model.module,
-                view,
-                pre.mean,
-                pre.std,
+            result = self._compute_cam(model, view, layer, class_index, method, progress)
+        return self._render_cam(model, view, result, fmt, alpha)
+
+    def cam_or_job(
+        self,
+        model_name: str,
+        image_id: str,
+        *,
+        layer: str | None,
+        class_index: int | None,
+        method: CamMethod,
+        fmt: Literal["png", "npy", "json"],
+        alpha: float,
+    ) -> Rendered | JobStatus:
+        """As :meth:`cam` for the fast methods; Score-CAM runs as a job: its status until it
+        is done (asking again finds the same job), then the rendering of its result."""
+        if method not in SLOW_METHODS or self.jobs is None:
+            return self.cam(
+                model_name,
+                image_id,
                 layer=layer,
                 class_index=class_index,
                 method=method,
-                model_name=model.name,
+                fmt=fmt,
+                alpha=alpha,
             )
+        model, view = self._view(model_name, image_id)
+        layer = self._cam_layer(model, layer)
+        self._check_class(model, class_index)
+        key = cache_key(
+            kind="cam",
+            model=model.name,
+            weights=model.spec.weights,
+            image=self.images.resolve(image_id),  # 'cat' and its sha256: one job
+            layer=layer,
+            class_index=class_index,
+            method=method,
+        )
+        shape = model.layer(layer).output_shape
+        total = int(shape[0]) if shape else 0
+
+        def work(ctx: JobContext) -> bytes:
+            return _pack_cam(
+                self._compute_cam(model, view, layer, class_index, method, ctx.progress)
+            )
+
+        status = self.jobs.submit(
+            key, work, total=total, label=f"{method} {model.name} {layer} image {image_id[:12]}"
+        )
+        if status.state != "done":
+            return status
+        result = _unpack_cam(self.jobs.result_png(status.id))
+        rendered = self._render_cam(model, view, result, fmt, alpha)
+        rendered.headers["X-Convscope-Job"] = status.id
+        return rendered
+
+    def _compute_cam(
+        self,
+        model: LoadedModel,
+        view: torch.Tensor,
+        layer: str,
+        class_index: int | None,
+        method: CamMethod,
+        progress: Progress | None,
+    ) -> CamResult:
+        pre = model.spec.preprocessing
+        return cam(
+            model.module,
+            view,
+            pre.mean,
+            pre.std,
+            layer=layer,
+            class_index=class_index,
+            method=method,
+            model_name=model.name,
+            progress=progress,
+        )
+
+    def _render_cam(
+        self,
+        model: LoadedModel,
+        view: torch.Tensor,
+        result: CamResult,
+        fmt: Literal["png", "npy", "json"],
+        alpha: float,
+    ) -> Rendered:
+        # The heatmap is the raw CAM min-max scaled: its 0 and 1 are the raw minimum and maximum.
+        legend = Scale.one("map", CAM_COLORMAP, float(result.cam.amin()), float(result.cam.amax()))
         headers = {
             "X-Convscope-Class": str(result.class_index),
             "X-Convscope-Layer": result.layer,
+            **legend.headers(),
         }
         if fmt == "npy":
             return Rendered(encode.npy(result.heatmap), NPY, headers)
@@ -74,6 +186,7 @@ class Attributions:
                         "score": result.score,
                         "cam": result.cam.numpy(),
                         "shape": list(result.heatmap.shape),
+                        "scale": legend.as_dict(),
                     }
                 ),
                 JSON,
@@ -81,8 +194,14 @@ class Attributions:
             )
         base = encode.to_uint8(view).transpose(1, 2, 0)
         return Rendered(
-            encode.png(overlay.overlay(base, result.heatmap.numpy(), alpha=alpha)), PNG, headers
+            encode.png(
+                overlay.overlay(base, result.heatmap.numpy(), alpha=alpha, cmap=CAM_COLORMAP)
+            ),
+            PNG,
+            headers,
         )
+
+    # --- saliency ------------------------------------------------------------------------
 
     def saliency(
         self,
@@ -95,33 +214,115 @@ class Attributions:
         samples: int,
         noise: float,
         seed: int,
+        progress: Progress | None = None,
     ) -> Rendered:
-        """Saliency map: PNG (hot colormap) or NPY ``[H, W]``; ``npy`` + raw for the gradient."""
+        """Saliency map: PNG (inferno colormap) or NPY ``[H, W]``, computed here and now."""
         model, view = self._view(model_name, image_id)
         self._check_class(model, class_index)
-        pre = model.spec.preprocessing
         with self.gate.slot():
-            result = saliency(
-                model.module,
-                view,
-                pre.mean,
-                pre.std,
-                class_index=class_index,
+            result = self._compute_saliency(
+                model, view, method, class_index, samples, noise, seed, progress
+            )
+        return _render_saliency(result, fmt)
+
+    def saliency_or_job(
+        self,
+        model_name: str,
+        image_id: str,
+        *,
+        method: SaliencyMethod,
+        class_index: int | None,
+        fmt: Literal["png", "npy"],
+        samples: int,
+        noise: float,
+        seed: int,
+    ) -> Rendered | JobStatus:
+        """As :meth:`saliency` for the fast methods; SmoothGrad runs as a job (see
+        :meth:`cam_or_job`)."""
+        if method not in SLOW_METHODS or self.jobs is None:
+            return self.saliency(
+                model_name,
+                image_id,
                 method=method,
+                class_index=class_index,
+                fmt=fmt,
                 samples=samples,
                 noise=noise,
                 seed=seed,
             )
-        headers = {"X-Convscope-Class": str(result.class_index)}
-        if fmt == "npy":
-            return Rendered(encode.npy(result.saliency), NPY, headers)
-        heat = overlay.heatmap_rgb(overlay.unit_map(result.saliency.numpy()), "inferno")
-        return Rendered(encode.png(heat), PNG, headers)
+        model, view = self._view(model_name, image_id)
+        self._check_class(model, class_index)
+        if not 1 <= samples <= 128:  # methods.saliency's bound, checked before queueing
+            raise InvalidParameterError("samples", f"expected 1 <= samples <= 128, got {samples}")
+        key = cache_key(
+            kind="saliency",
+            model=model.name,
+            weights=model.spec.weights,
+            image=self.images.resolve(image_id),  # 'cat' and its sha256: one job
+            class_index=class_index,
+            method=method,
+            samples=samples,
+            noise=noise,
+            seed=seed,
+        )
+
+        def work(ctx: JobContext) -> bytes:
+            return _pack_saliency(
+                self._compute_saliency(
+                    model, view, method, class_index, samples, noise, seed, ctx.progress
+                )
+            )
+
+        status = self.jobs.submit(
+            key, work, total=samples, label=f"{method} {model.name} image {image_id[:12]}"
+        )
+        if status.state != "done":
+            return status
+        rendered = _render_saliency(_unpack_saliency(self.jobs.result_png(status.id)), fmt)
+        rendered.headers["X-Convscope-Job"] = status.id
+        return rendered
+
+    def _compute_saliency(
+        self,
+        model: LoadedModel,
+        view: torch.Tensor,
+        method: SaliencyMethod,
+        class_index: int | None,
+        samples: int,
+        noise: float,
+        seed: int,
+        progress: Progress | None,
+    ) -> SaliencyResult:
+        pre = model.spec.preprocessing
+        return saliency(
+            model.module,
+            view,
+            pre.mean,
+            pre.std,
+            class_index=class_index,
+            method=method,
+            samples=samples,
+            noise=noise,
+            seed=seed,
+            progress=progress,
+        )
+
+    # --- shared --------------------------------------------------------------------------
 
     def _view(self, model_name: str, image_id: str) -> tuple[LoadedModel, Any]:
         model = self.registry.get(model_name)
         _, image = self.images.open(image_id)
         return model, model.spec.preprocessing.view(image)
+
+    @staticmethod
+    def _cam_layer(model: LoadedModel, layer: str | None) -> str:
+        if layer is not None:
+            model.layer(layer)
+            return layer
+        default = model.cam_layer
+        if default is None:
+            raise InvalidParameterError("layer", "the model has no layer with a spatial output")
+        return default
 
     @staticmethod
     def _check_class(model: LoadedModel, class_index: int | None) -> None:
@@ -130,3 +331,66 @@ class Attributions:
             raise InvalidParameterError(
                 "class_index", f"expected 0 <= class_index < {count}, got {class_index}"
             )
+
+
+def _render_saliency(result: SaliencyResult, fmt: Literal["png", "npy"]) -> Rendered:
+    values = result.saliency.numpy()
+    legend = Scale.one("map", SALIENCY_COLORMAP, 0.0, overlay.clip_value(values))
+    headers = {"X-Convscope-Class": str(result.class_index), **legend.headers()}
+    if fmt == "npy":
+        return Rendered(encode.npy(result.saliency), NPY, headers)
+    heat = overlay.heatmap_rgb(overlay.unit_map(values), SALIENCY_COLORMAP)
+    return Rendered(encode.png(heat), PNG, headers)
+
+
+# A job's result is bytes: the maps, packed as NPZ (plain arrays, no pickle).
+
+
+def _npz(**arrays: Any) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _pack_cam(result: CamResult) -> bytes:
+    return _npz(
+        heatmap=result.heatmap.numpy(),
+        cam=result.cam.numpy(),
+        class_index=np.int64(result.class_index),
+        score=np.float64(result.score),
+        layer=np.str_(result.layer),
+        method=np.str_(result.method),
+    )
+
+
+def _unpack_cam(data: bytes) -> CamResult:
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        return CamResult(
+            torch.from_numpy(z["heatmap"].copy()),
+            torch.from_numpy(z["cam"].copy()),
+            int(z["class_index"]),
+            float(z["score"]),
+            str(z["layer"]),
+            str(z["method"]),
+        )
+
+
+def _pack_saliency(result: SaliencyResult) -> bytes:
+    return _npz(
+        saliency=result.saliency.numpy(),
+        gradient=result.gradient.numpy(),
+        class_index=np.int64(result.class_index),
+        score=np.float64(result.score),
+        method=np.str_(result.method),
+    )
+
+
+def _unpack_saliency(data: bytes) -> SaliencyResult:
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        return SaliencyResult(
+            torch.from_numpy(z["saliency"].copy()),
+            torch.from_numpy(z["gradient"].copy()),
+            int(z["class_index"]),
+            float(z["score"]),
+            str(z["method"]),
+        )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from convscope.errors import OverloadedError
@@ -12,10 +12,20 @@ from convscope.errors import OverloadedError
 class ComputeGate:
     """At most ``slots`` computations run; at most ``queue`` wait; the rest are refused at once."""
 
-    def __init__(self, slots: int, queue: int, *, wait_seconds: float = 60.0) -> None:
+    def __init__(
+        self,
+        slots: int,
+        queue: int,
+        *,
+        wait_seconds: float = 60.0,
+        on_enter: Callable[[int], None] | None = None,
+    ) -> None:
         self.slots = slots
         self.queue = queue
         self.wait_seconds = wait_seconds
+        # Called in the computing thread with the number of computations now running (this
+        # one included), before it computes: the thread scheduler (runtime.share_cores).
+        self._on_enter = on_enter
         self._semaphore = threading.BoundedSemaphore(slots)
         self._lock = threading.Lock()
         self.running = 0
@@ -43,6 +53,8 @@ class ComputeGate:
                 self.rejected += 1
             raise OverloadedError("server busy: waited too long for a compute slot", retry_after=2)
         try:
+            if self._on_enter is not None:
+                self._on_enter(self.running)
             yield
         finally:
             with self._lock:

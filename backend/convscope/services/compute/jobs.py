@@ -10,20 +10,25 @@ Watchers poll :meth:`JobManager.status` or block in :meth:`JobManager.wait_for_u
 (a ``threading.Condition``; an async server calls it from a thread) until the job's
 ``version`` moves past the one they saw: that is what a server-sent-events route streams.
 No module state: the app owns one manager and calls :meth:`JobManager.shutdown` at exit.
+
+Over 300 lines: the one job primitive: queue, workers, cancel, tokens, previews, the
+on-disk result cache and the runner interface the cluster implements, under one lock.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
+import secrets
 import threading
 import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 
@@ -31,6 +36,7 @@ from convscope.errors import (
     CancelledError,
     ConvscopeError,
     JobNotFinishedError,
+    JobTokenError,
     OverloadedError,
     UnknownJobError,
 )
@@ -41,8 +47,15 @@ logger = logging.getLogger(__name__)
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 FINISHED: frozenset[str] = frozenset({"done", "failed", "cancelled"})
 
+MAX_LABEL_CHARS = 200
+MAX_OWNERS = 64  # control tokens kept per job (identical submissions share one job)
+
 PreviewEncoder = Callable[[torch.Tensor], bytes]
 """Turns a preview ``Tensor[N, 3, H, W]`` in [0, 1] into PNG bytes."""
+
+
+def _same(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())
 
 
 def cache_key(**parts: Any) -> str:
@@ -76,6 +89,17 @@ Work = Callable[[JobContext], bytes]
 
 
 @dataclass(frozen=True)
+class JobSpec:
+    """A job's work described as data: ``kind`` (``"optimize"``, ``"deepdream"``, ...) and
+    picklable ``params``. A runner on another process (``services/cluster``) rebuilds the
+    :data:`Work` from it with the same registry and settings; the in-process manager does
+    not need it."""
+
+    kind: str
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class JobStatus:
     """A snapshot of a job, safe to serialise (``as_dict``)."""
 
@@ -93,6 +117,8 @@ class JobStatus:
     has_preview: bool
     cached: bool  # True when this job was served from the cache or the results folder
     label: str
+    # The submitter's control token (cancel requires it); only in what submit() returns.
+    token: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -116,6 +142,7 @@ class _Job:
     result: bytes | None = None
     cached: bool = False
     cancel_event: threading.Event = field(default_factory=threading.Event)
+    owners: list[str] = field(default_factory=list)  # control tokens of its submitters
 
 
 class JobManager:
@@ -149,23 +176,35 @@ class JobManager:
         self._running = 0
         self._workers: list[threading.Thread] = []
         self._closed = False
+        self._listeners: dict[str, list[Callable[[], None]]] = {}
 
     # -- submitting ---------------------------------------------------------------------
 
-    def submit(self, key: str, work: Work, *, total: int = 0, label: str = "") -> JobStatus:
+    def submit(
+        self,
+        key: str,
+        work: Work,
+        *,
+        total: int = 0,
+        label: str = "",
+        spec: JobSpec | None = None,
+    ) -> JobStatus:
         """Queue ``work`` under ``key``, or return the job that already has that key.
 
         A queued, running or done job with the same key is returned as is; failed and
         cancelled ones are retried. A PNG ``<key>.png`` in ``results_dir`` becomes a done
-        job at once. Raises :class:`OverloadedError` when the queue is full.
+        job at once. Raises :class:`OverloadedError` when the queue is full. ``spec`` (the
+        work as data) is for runners on other processes; this one runs ``work``.
         """
+        del spec
+        label = label[:MAX_LABEL_CHARS]  # echoed in every status: never unbounded input
         with self._lock:
             if self._closed:
                 raise OverloadedError("the job manager is shutting down", retry_after=5)
             existing = self._jobs.get(self._by_key.get(key, ""))
             if existing is not None and existing.state not in ("failed", "cancelled"):
                 self._jobs.move_to_end(existing.id)
-                return self._snapshot(existing)
+                return self._owned(existing)
             stored = self._read_result(key)
             if stored is not None:
                 job = _Job(
@@ -181,7 +220,7 @@ class JobManager:
                 )
                 job.finished = job.created
                 self._add(job)
-                return self._snapshot(job)
+                return self._owned(job)
             # Idle workers will take queued jobs at once: they do not count against the queue.
             if len(self._queue) >= self.max_queued + max(0, self.max_running - self._running):
                 raise OverloadedError(
@@ -194,7 +233,13 @@ class JobManager:
             self._queue.append(job.id)
             self._ensure_workers()
             self._lock.notify_all()
-            return self._snapshot(job)
+            return self._owned(job)
+
+    def _owned(self, job: _Job) -> JobStatus:
+        """A snapshot with a new control token for this submitter (lock held)."""
+        token = secrets.token_urlsafe(18)
+        job.owners = [*job.owners[-(MAX_OWNERS - 1) :], token]
+        return replace(self._snapshot(job), token=token)
 
     def _add(self, job: _Job) -> None:
         self._jobs[job.id] = job
@@ -292,6 +337,32 @@ class JobManager:
                     return self._snapshot(job)
                 self._lock.wait(left)
 
+    def subscribe(self, job_id: str, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback()`` (from a worker thread, with the manager's lock held: it must
+        only hand over, e.g. ``loop.call_soon_threadsafe(event.set)``) whenever the job's
+        version moves. Returns the function that unsubscribes. An async server waits for
+        updates this way without a thread per watcher. Raises :class:`UnknownJobError`."""
+        with self._lock:
+            self._get(job_id)
+            self._listeners.setdefault(job_id, []).append(callback)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                callbacks = self._listeners.get(job_id, [])
+                if callback in callbacks:
+                    callbacks.remove(callback)
+                if not callbacks:
+                    self._listeners.pop(job_id, None)
+
+        return unsubscribe
+
+    def _notify(self, job_id: str) -> None:
+        for callback in self._listeners.get(job_id, ()):
+            try:
+                callback()
+            except Exception:  # a closed event loop: its watcher is gone
+                logger.debug("job listener failed", exc_info=True)
+
     def counts(self) -> dict[str, int]:
         """``{"running": r, "queued": q}`` for metrics and health checks."""
         with self._lock:
@@ -299,13 +370,25 @@ class JobManager:
 
     # -- cancelling and stopping --------------------------------------------------------
 
-    def cancel(self, job_id: str) -> JobStatus:
+    def cancel(self, job_id: str, token: str | None = None) -> JobStatus:
         """Cancel a queued job at once, or ask a running one to stop at its next step.
 
-        Finished jobs are returned unchanged.
+        With ``token`` (what :meth:`submit` gave a submitter, or several, comma-separated,
+        from one client that submitted the same work more than once; clients must give one): raises
+        :class:`JobTokenError` unless it is one of the job's, and the job stops only when no
+        other submitter of the same work still holds a token. ``None``: stop it (in-process
+        callers). Finished jobs are returned unchanged.
         """
         with self._lock:
             job = self._get(job_id)
+            if token is not None:
+                given = {t.strip() for t in token.split(",")[:MAX_OWNERS]} - {""}
+                held = [t for t in job.owners if any(_same(t, g) for g in given)]
+                if not held:
+                    raise JobTokenError(job_id)
+                job.owners = [t for t in job.owners if t not in held]
+                if job.owners:
+                    return self._snapshot(job)  # other submitters still want it
             if job.state == "queued":
                 self._queue.remove(job.id)
                 self._finish(job, "cancelled")
@@ -339,6 +422,7 @@ class JobManager:
         job.version += 1
         self._evict()
         self._lock.notify_all()
+        self._notify(job.id)
 
     def _worker(self) -> None:
         while True:
@@ -353,6 +437,7 @@ class JobManager:
                 self._running += 1
                 work = job.work
                 self._lock.notify_all()
+                self._notify(job.id)
             try:
                 self._run(job, work)
             finally:
@@ -403,6 +488,7 @@ class JobManager:
                 job.preview = preview.detach().cpu()
             job.version += 1
             self._lock.notify_all()
+            self._notify(job.id)
 
     # -- the results folder -------------------------------------------------------------
 
@@ -429,3 +515,37 @@ class JobManager:
             atomic_write(path, data)  # another replica never reads half a file
         except OSError:
             logger.warning("could not write %s", path, exc_info=True)
+
+
+class JobRunner(Protocol):
+    """What the facade and the capabilities need from a job manager: :class:`JobManager`
+    in one process, or ``services.cluster.jobs.RayJobManager`` whose job table lives in a
+    Ray cluster (``CONVSCOPE_RAY_ADDRESS``)."""
+
+    def submit(
+        self,
+        key: str,
+        work: Work,
+        *,
+        total: int = 0,
+        label: str = "",
+        spec: JobSpec | None = None,
+    ) -> JobStatus: ...
+
+    def find(self, key: str) -> JobStatus | None: ...
+
+    def status(self, job_id: str) -> JobStatus: ...
+
+    def result_png(self, job_id: str) -> bytes: ...
+
+    def preview_png(self, job_id: str) -> bytes | None: ...
+
+    def wait_for_update(self, job_id: str, last_version: int, timeout: float) -> JobStatus: ...
+
+    def counts(self) -> dict[str, int]: ...
+
+    def cancel(self, job_id: str, token: str | None = None) -> JobStatus: ...
+
+    def subscribe(self, job_id: str, callback: Callable[[], None]) -> Callable[[], None]: ...
+
+    def shutdown(self, wait: bool = True, timeout: float | None = None) -> None: ...

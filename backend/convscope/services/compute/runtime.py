@@ -13,6 +13,7 @@ import gc
 import logging
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -62,6 +63,23 @@ def configure_threads(setting: int) -> int:
     return threads
 
 
+def share_cores(threads: int) -> Callable[[int], None]:
+    """A compute gate's ``on_enter``: split ``threads`` intra-op threads over what runs now.
+
+    torch's intra-op thread count is per calling thread (OpenMP's ``nthreads`` setting is
+    thread-local), so each computation can get its share: a lone request uses every core; two
+    at once get half each instead of each spinning ``threads`` threads on the same cores.
+    Measured in docs/performance.md ("Concurrent cold load").
+    """
+
+    def enter(running: int) -> None:
+        share = max(1, threads // max(1, running))
+        if torch.get_num_threads() != share:
+            torch.set_num_threads(share)
+
+    return enter
+
+
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 
@@ -91,6 +109,18 @@ def tune_allocator(arenas: int) -> bool:
     done = all(mallopt(param, value) == 1 for env, param, value in wanted if env not in os.environ)
     log.debug("glibc malloc tuned for tensor reuse: %s", done)
     return done
+
+
+def release_free_memory() -> bool:
+    """Give the heap's free pages back to the OS once (glibc ``malloc_trim(0)``).
+
+    The start-up (imports, the model load, the traced layer table's forward pass) leaves
+    ~20 MiB free in the heap that ``tune_allocator``'s high trim threshold would keep for
+    ever; an idle server need not hold them. Returns whether anything was released."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
 
 
 def freeze_heap() -> int:

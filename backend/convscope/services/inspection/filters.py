@@ -12,6 +12,7 @@ from torch import nn
 from convscope.errors import InvalidParameterError, NotAConvLayerError
 from convscope.render import encode, grid
 from convscope.render.grid import symmetric_unit
+from convscope.render.legend import Scale
 from convscope.services.inspection.channels import parse_channels
 from convscope.services.inspection.drawing import (
     GridBounds,
@@ -31,7 +32,9 @@ Reduce = Literal["mean", "abs_max", "l2"]
 class FilterView:
     """How to draw a conv layer's filters."""
 
-    normalize: Literal["filter", "layer"] = "filter"
+    # None: per filter, except where that hides the values: 1x1 kernels (one pixel per tile,
+    # so per-tile scaling leaves only the sign) and reductions over input channels.
+    normalize: Literal["filter", "layer"] | None = None
     input_channel: int | None = None
     reduce: Reduce = "mean"
     rgb: bool | None = None  # None: colour when the filters see 3 input channels
@@ -46,13 +49,12 @@ def conv_weight(model: LoadedModel, layer: str) -> tuple[nn.Conv2d, torch.Tensor
     return module, module.weight.detach().to("cpu", torch.float32, copy=True)
 
 
-def filter_tiles(weight: torch.Tensor, view: FilterView) -> tuple[torch.Tensor, str]:
-    """Weights ``Tensor[O, I, kH, kW]`` -> tiles ``Tensor[O, 1 or 3, kH, kW]`` in [0, 1].
+def filter_values(weight: torch.Tensor, view: FilterView) -> tuple[torch.Tensor, str]:
+    """Weights ``Tensor[O, I, kH, kW]`` -> the values drawn, ``Tensor[O, 1 or 3, kH, kW]``.
 
-    Zero weight is mid-grey (0.5). Three input channels are drawn as RGB; otherwise one input
-    channel is picked or the input channels are reduced (mean keeps sign; ``abs_max`` keeps
-    the signed value of largest magnitude; ``l2`` is unsigned and drawn from black).
-    Returns the tiles and a word for what they show.
+    Three input channels are drawn as RGB; otherwise one input channel is picked or the
+    input channels are reduced (mean keeps sign; ``abs_max`` keeps the signed value of
+    largest magnitude; ``l2`` is unsigned). Returns the values and a word for what they show.
     """
     in_channels = weight.shape[1]
     rgb = view.rgb if view.rgb is not None else (in_channels == 3 and view.input_channel is None)
@@ -62,7 +64,7 @@ def filter_tiles(weight: torch.Tensor, view: FilterView) -> tuple[torch.Tensor, 
                 "rgb",
                 f"colour tiles need 3 input channels per filter, this layer has {in_channels}",
             )
-        return symmetric_unit(weight, view.normalize), "rgb"
+        return weight, "rgb"
     if view.input_channel is not None:
         if not 0 <= view.input_channel < in_channels:
             raise InvalidParameterError(
@@ -71,17 +73,67 @@ def filter_tiles(weight: torch.Tensor, view: FilterView) -> tuple[torch.Tensor, 
                 f"got {view.input_channel}",
             )
         picked = weight[:, view.input_channel : view.input_channel + 1]
-        return symmetric_unit(picked, view.normalize), f"input_channel {view.input_channel}"
+        return picked, f"input_channel {view.input_channel}"
     if in_channels == 1:
-        return symmetric_unit(weight, view.normalize), "depthwise"
+        return weight, "depthwise"
     if view.reduce == "mean":
-        return symmetric_unit(weight.mean(1, keepdim=True), view.normalize), "mean"
+        return weight.mean(1, keepdim=True), "mean"
     if view.reduce == "abs_max":
         idx = weight.abs().argmax(1, keepdim=True)
-        return symmetric_unit(weight.gather(1, idx), view.normalize), "abs_max"
-    norm = weight.square().sum(1, keepdim=True).sqrt()
-    peak = norm.amax() if view.normalize == "layer" else norm.flatten(1).amax(1).view(-1, 1, 1, 1)
-    return (norm / peak.clamp_min(1e-12)).clamp_(0, 1), "l2"
+        return weight.gather(1, idx), "abs_max"
+    return weight.square().sum(1, keepdim=True).sqrt(), "l2"
+
+
+def effective_normalize(view: FilterView, values: torch.Tensor, mode: str) -> str:
+    """``view.normalize``, resolved: a one-pixel tile is always scaled with the layer (per
+    tile it would show only its sign, or one flat colour); reductions default to the layer."""
+    if values.shape[-1] * values.shape[-2] == 1:
+        return "layer"
+    if view.normalize is not None:
+        return view.normalize
+    return "layer" if mode in ("mean", "abs_max", "l2") else "filter"
+
+
+def default_colormap(mode: str, values: torch.Tensor) -> str:
+    """Diverging (zero in the middle) for signed values scaled layer-wide, ``viridis`` for
+    the unsigned ``l2`` norm, grey otherwise."""
+    if mode == "l2":
+        return "viridis"
+    if values.shape[-1] * values.shape[-2] == 1 or mode in ("mean", "abs_max"):
+        return "coolwarm"
+    return "gray"
+
+
+def to_tiles(values: torch.Tensor, mode: str, normalize: str) -> tuple[torch.Tensor, Scale]:
+    """Values ``Tensor[O, 1 or 3, kH, kW]`` -> tiles in [0, 1] and the value range drawn.
+
+    Signed values: zero at 0.5 (mid-grey), ``[-peak, peak]`` per filter or for the layer.
+    ``l2`` (unsigned): ``[0, peak]``. The scale's colormap is filled in by the caller.
+    """
+    per = "filter" if normalize == "filter" else "layer"
+    if mode == "l2":
+        peak = values.amax() if per == "layer" else values.flatten(1).amax(1).view(-1, 1, 1, 1)
+        tiles = (values / peak.clamp_min(1e-12)).clamp_(0, 1)
+        highs = peak.flatten().tolist()
+        return tiles, Scale.per_tile(per, "", [0.0] * len(highs), highs)  # type: ignore[arg-type]
+    tiles = symmetric_unit(values, per)  # type: ignore[arg-type]
+    peaks = (
+        values.abs().amax().clamp_min(1e-12).view(1)
+        if per == "layer"
+        else values.abs().flatten(1).amax(1).clamp_min(1e-12)
+    ).tolist()
+    return tiles, Scale.per_tile(per, "", [-p for p in peaks], peaks)  # type: ignore[arg-type]
+
+
+def filter_tiles(weight: torch.Tensor, view: FilterView) -> tuple[torch.Tensor, str]:
+    """Weights ``Tensor[O, I, kH, kW]`` -> tiles ``Tensor[O, 1 or 3, kH, kW]`` in [0, 1].
+
+    Zero weight is mid-grey (0.5); ``l2`` is unsigned and drawn from black. Returns the tiles
+    and a word for what they show (see :func:`filter_values`, :func:`effective_normalize`).
+    """
+    values, mode = filter_values(weight, view)
+    tiles, _ = to_tiles(values, mode, effective_normalize(view, values, mode))
+    return tiles, mode
 
 
 def auto_scale(kernel: int, target: int = 32, max_scale: int = 32) -> int:
@@ -95,7 +147,7 @@ class FilterGrid:
 
     scale: int | None = None
     channels: str | None = None
-    colormap: str = "gray"
+    colormap: str | None = None  # None: see ``default_colormap``
     padding: int = 1
     values: bool = True  # JSON: include the weights (False: layout and stats only)
     background: int = 255  # grey level (0-255) of the padding between tiles
@@ -113,7 +165,8 @@ def render_filters(
     conv, weight = conv_weight(model, layer)
     if fmt == "npy":
         return Rendered(encode.npy(weight), NPY, {"X-Convscope-Shape": shape_header(weight)})
-    check_colormap(drawn_as.colormap)
+    if drawn_as.colormap is not None:
+        check_colormap(drawn_as.colormap)
     if view.filter is not None:
         # One filter, one tile per input channel: what this output channel looks for.
         if not 0 <= view.filter < weight.shape[0]:
@@ -125,7 +178,11 @@ def render_filters(
         view = FilterView(normalize=view.normalize, rgb=False)
     picked = parse_channels(drawn_as.channels, weight.shape[0])
     selected = weight if picked is None else weight[picked]
-    tiles, mode = filter_tiles(selected, view)
+    values, mode = filter_values(selected, view)
+    normalize = effective_normalize(view, values, mode)
+    tiles, legend = to_tiles(values, mode, normalize)
+    cmap = "rgb" if mode == "rgb" else drawn_as.colormap or default_colormap(mode, values)
+    legend = Scale(legend.mode, cmap, legend.low, legend.high)
     scale = drawn_as.scale or auto_scale(max(weight.shape[-2:]), max_scale=bounds.max_scale)
     bounds.check_scale(scale)
     indices = picked if picked is not None else list(range(weight.shape[0]))
@@ -140,11 +197,13 @@ def render_filters(
         )
         drawn = encode.png(grid.to_pixels(image).numpy())
     else:
-        drawn, layout = colour_grid(tiles[:, 0], drawn_as.colormap, scale, padding, background)
+        drawn, layout = colour_grid(tiles[:, 0], cmap, scale, padding, background)
     headers = {
         "X-Convscope-Grid": layout.header(),
         "X-Convscope-Channels": ",".join(map(str, indices)),
         "X-Convscope-Mode": mode,
+        "X-Convscope-Normalize": normalize,
+        **legend.headers(),
     }
     if fmt == "png":
         return Rendered(drawn, PNG, headers)
@@ -159,8 +218,9 @@ def render_filters(
         "in_channels": conv.in_channels,
         "out_channels": conv.out_channels,
         "mode": mode,
-        "normalize": view.normalize,
-        "colormap": drawn_as.colormap if mode != "rgb" else None,
+        "normalize": normalize,
+        "colormap": cmap if mode != "rgb" else None,
+        "scale": legend.as_dict(),
         "channels": indices,
         "layout": layout_dict(layout),
         "stats": {
@@ -173,4 +233,5 @@ def render_filters(
     }
     if drawn_as.values:
         payload["values"] = selected.numpy()
+        payload["drawn"] = values.contiguous().numpy()  # what the tiles show (picked, reduced)
     return Rendered(encode.json(payload), JSON, headers)

@@ -9,6 +9,7 @@ import torch
 
 from convscope.errors import NoActivationError, ResponseTooLargeError
 from convscope.render import encode, grid
+from convscope.render.legend import Scale
 from convscope.services.inspection.capture import Capture
 from convscope.services.inspection.channels import parse_channels
 from convscope.services.inspection.drawing import (
@@ -41,8 +42,12 @@ class MapView:
 
 def feature_maps(model: LoadedModel, cap: Capture, layer: str) -> torch.Tensor:
     """Layer output as ``Tensor[C, H, W]`` (flat outputs ``[F]`` become ``[F, 1, 1]``)."""
+    return as_feature_maps(model, layer, cap.maps.get(layer))
+
+
+def as_feature_maps(model: LoadedModel, layer: str, maps: torch.Tensor | None) -> torch.Tensor:
+    """One image's output of ``layer`` (None: none was kept) as ``Tensor[C, H, W]``."""
     info = model.layer(layer)
-    maps = cap.maps.get(layer)
     if maps is None:
         why = (
             "it is not called in the forward pass"
@@ -78,10 +83,12 @@ def render_maps(
     if fmt == "npy":
         headers["X-Convscope-Shape"] = shape_header(selected)
         return Rendered(encode.npy(selected), NPY, headers)
+    check_colormap(view.colormap)
+    legend = map_scale(selected, view)
     if fmt == "json":
         payload = _maps_json(layer, maps, selected, indices, view, bounds)
+        payload["scale"] = legend.as_dict()
         return Rendered(encode.json(payload), JSON, headers)
-    check_colormap(view.colormap)
     h, w = selected.shape[-2:]
     scale = view.scale or max(1, min(bounds.max_scale, 56 // max(h, w)))
     bounds.check_scale(scale)
@@ -89,7 +96,18 @@ def render_maps(
     unit = grid.to_unit(selected, view.normalize)
     drawn, layout = colour_grid(unit, view.colormap, scale, view.padding, view.background)
     headers["X-Convscope-Grid"] = layout.header()
+    headers.update(legend.headers())
     return Rendered(drawn, PNG, headers)
+
+
+def map_scale(selected: torch.Tensor, view: MapView) -> Scale:
+    """The value range ``grid.to_unit`` maps to the ends of the colormap: per channel (in grid
+    order) or one for the layer, for ``Tensor[N, H, W]``."""
+    x = selected.to(torch.float32)
+    if view.normalize == "layer":
+        return Scale.one("layer", view.colormap, float(x.amin()), float(x.amax()))
+    flat = x.flatten(1)
+    return Scale.per_tile("channel", view.colormap, flat.amin(1).tolist(), flat.amax(1).tolist())
 
 
 def _maps_json(

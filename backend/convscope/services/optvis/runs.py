@@ -15,7 +15,14 @@ from typing import Literal
 from convscope.config import Settings
 from convscope.errors import InvalidParameterError, NoActivationError
 from convscope.render import overlay
-from convscope.services.compute.jobs import JobContext, JobManager, JobStatus, cache_key
+from convscope.services.compute.jobs import (
+    JobContext,
+    JobRunner,
+    JobSpec,
+    JobStatus,
+    Work,
+    cache_key,
+)
 from convscope.services.models.registry import ModelRegistry
 from convscope.services.optvis.objectives import Objective, check_objective, parse_objective
 from convscope.services.optvis.optimize import (
@@ -65,7 +72,7 @@ class FeatureVisualizer:
     """Optimisation and DeepDream jobs for the registry's models."""
 
     def __init__(
-        self, settings: Settings, registry: ModelRegistry, images: ImageStore, jobs: JobManager
+        self, settings: Settings, registry: ModelRegistry, images: ImageStore, jobs: JobRunner
     ) -> None:
         self.registry = registry
         self.images = images
@@ -85,7 +92,17 @@ class FeatureVisualizer:
         if existing is not None and existing.state not in ("failed", "cancelled"):
             # Asked before: the same job, and if it is done, its result is the cached one.
             return replace(existing, cached=True) if existing.state == "done" else existing
-        return self.jobs.submit(key, work, total=total, label=label)
+        spec = JobSpec("optimize", {"model": model_name, "request": request})
+        return self.jobs.submit(key, work, total=total, label=label, spec=spec)
+
+    def work_for(self, spec: JobSpec) -> Work:
+        """Rebuild a job's work from its :class:`JobSpec` (a runner on another process)."""
+        if spec.kind == "optimize":
+            return self._plan(spec.params["model"], spec.params["request"])[3]
+        if spec.kind == "deepdream":
+            p = spec.params
+            return self._dream_plan(p["model"], p["image"], p["layer"], p["settings"])[3]
+        raise ValueError(f"expected a job kind 'optimize' or 'deepdream', got {spec.kind!r}")
 
     def optimize_now(
         self,
@@ -149,6 +166,17 @@ class FeatureVisualizer:
         self, model_name: str, image_id: str, layer: str, settings: DreamSettings
     ) -> JobStatus:
         """Queue (or find) a DeepDream job on an image for one layer."""
+        key, label, total, work = self._dream_plan(model_name, image_id, layer, settings)
+        spec = JobSpec(
+            "deepdream",
+            {"model": model_name, "image": image_id, "layer": layer, "settings": settings},
+        )
+        return self.jobs.submit(key, work, total=total, label=label, spec=spec)
+
+    def _dream_plan(
+        self, model_name: str, image_id: str, layer: str, settings: DreamSettings
+    ) -> tuple[str, str, int, Work]:
+        """Check a DeepDream request and build its work."""
         model = self.registry.get(model_name)
         model.layer(layer)
         record, image = self.images.open(image_id)
@@ -178,7 +206,7 @@ class FeatureVisualizer:
             )
             return overlay.images_png(dreamed[None])
 
-        return self.jobs.submit(key, work, total=total, label=f"{model.name}: dream {layer}")
+        return key, f"{model.name}: dream {layer}", total, work
 
 
 def _every(total: int) -> int:

@@ -8,10 +8,13 @@ a ``kill -9`` or a power cut an acknowledged write is still there.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import tempfile
 from pathlib import Path
+
+from convscope.errors import StorageError, StorageFullError
 
 TMP_PREFIX, TMP_SUFFIX = ".tmp-", ".part"  # hidden; never matches a store's listing globs
 CHUNK = 1 << 20
@@ -60,3 +63,18 @@ def sha256_file(path: Path) -> str:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def storage_error(exc: OSError, where: Path) -> StorageError:
+    """The domain error for a failed write under ``where``: ``StorageFullError`` (507
+    ``storage_full``) when the disk or quota is full, ``StorageError`` (503) otherwise."""
+    if exc.errno in FULL_ERRNOS:
+        return StorageFullError(
+            f"no space left for {where.name}: the disk holding {where} is full; the operator "
+            "frees space or lowers CONVSCOPE_MAX_IMAGE_STORE_BYTES / "
+            "CONVSCOPE_MAX_JOB_RESULTS_BYTES; retry later"
+        )
+    return StorageError(f"cannot write to {where}: {exc.strerror or exc}")

@@ -3,6 +3,9 @@
 The store is a plain directory (``<data_dir>/images``), so several replicas sharing a volume
 serve the same images. Files are written to a temporary name and renamed, so a reader never
 sees half an image.
+
+Over 300 lines: decoding untrusted bytes, the content-addressed store, samples,
+ownership and eviction share one folder layout and its lock.
 """
 
 from __future__ import annotations
@@ -22,13 +25,25 @@ from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from convscope.errors import ImageTooLargeError, InvalidImageError, UnknownImageError
-from convscope.services.storage.files import TMP_PREFIX, TMP_SUFFIX, atomic_write, sha256_bytes
+from convscope.errors import (
+    ImageNotDeletableError,
+    ImageTooLargeError,
+    InvalidImageError,
+    UnknownImageError,
+)
+from convscope.services.storage.files import (
+    TMP_PREFIX,
+    TMP_SUFFIX,
+    atomic_write,
+    sha256_bytes,
+    storage_error,
+)
 
 log = logging.getLogger(__name__)
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 _ID_LENGTH = 64
+OWNERS = "owners"  # folder of ownership markers, see ImageStore.list_for
 
 
 @dataclass(frozen=True)
@@ -208,13 +223,20 @@ class ImageStore:
             raise UnknownImageError(image_id)
         return self.root / f"{image_id}.img", self.root / f"{image_id}.json"
 
-    def put(self, data: bytes, name: str | None = None) -> tuple[ImageRecord, bool]:
-        """Validate and store ``data``; returns the record and whether it was new."""
+    def put(
+        self, data: bytes, name: str | None = None, owner: str | None = None
+    ) -> tuple[ImageRecord, bool]:
+        """Validate and store ``data``; returns the record and whether it was new.
+
+        ``owner`` (an opaque key, see :meth:`list_for`) becomes one of the upload's owners.
+        """
         image, fmt = decode(data, max_pixels=self.max_pixels)
         key = image_id(data)
         if key in self._samples:
             return self._samples[key][0], False
         blob, meta = self._paths(key)
+        if owner is not None:
+            self._own(owner, key)  # before the existence check: a delete racing us keeps it
         if meta.exists():
             os.utime(meta)
             return self.record(key), False
@@ -230,13 +252,76 @@ class ImageStore:
             media_type=Image.MIME.get(fmt, "application/octet-stream"),
         )
         with self._lock:
-            atomic_write(blob, data)
-            # The metadata file is written last: an image "exists" once its metadata does.
-            atomic_write(meta, json.dumps(record.as_dict()).encode())
+            try:
+                atomic_write(blob, data)
+                # The metadata file is written last: an image "exists" once its metadata does.
+                atomic_write(meta, json.dumps(record.as_dict()).encode())
+            except OSError as exc:  # disk full: nothing half-written stays (507 / 503)
+                blob.unlink(missing_ok=True)
+                raise storage_error(exc, self.root) from exc
             self._evict()
         return record, True
 
+    # --- ownership: who lists and may delete an upload -----------------------------------
+    # One empty marker file per (owner, image): ``owners/<sha256(owner)[:32]>/<image id>``.
+    # Adding and removing one is a single create or unlink, safe between replicas; the owner
+    # key itself is never written to disk.
+
+    def _owner_dir(self, owner: str) -> Path:
+        return self.root / OWNERS / sha256_bytes(owner.encode())[:32]
+
+    def _own(self, owner: str, image_id: str) -> None:
+        folder = self._owner_dir(owner)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / image_id).touch()
+
+    def owns(self, owner: str | None, image_id: str) -> bool:
+        return owner is not None and (self._owner_dir(owner) / image_id).is_file()
+
+    def list_for(self, owner: str | None) -> list[ImageRecord]:
+        """The samples, then ``owner``'s uploads, most recently uploaded first."""
+        samples = [record for record, _ in self._samples.values()]
+        if owner is None:
+            return samples
+        marks = sorted(self._owner_dir(owner).glob("*"), key=_mtime, reverse=True)
+        uploads = []
+        for mark in marks:
+            try:
+                uploads.append(self.record(mark.name))
+            except UnknownImageError:  # evicted from the store
+                mark.unlink(missing_ok=True)
+        return samples + uploads
+
+    def disown(self, owner: str | None, image_id: str) -> None:
+        """Remove ``owner``'s ownership of an upload; its bytes go when no owner is left.
+
+        Raises ``UnknownImageError`` when ``owner`` does not own it (whether or not someone
+        else does: the answer must not tell), ``ImageNotDeletableError`` for a sample.
+        """
+        image_id = self.resolve(image_id)
+        if image_id in self._samples:
+            raise ImageNotDeletableError(self._samples[image_id][0].name)
+        if owner is None or not self.owns(owner, image_id):
+            raise UnknownImageError(image_id)
+        with self._lock:
+            (self._owner_dir(owner) / image_id).unlink(missing_ok=True)
+            if not any((self.root / OWNERS).glob(f"*/{image_id}")):
+                blob, meta = self._paths(image_id)
+                meta.unlink(missing_ok=True)  # first: the image stops existing
+                blob.unlink(missing_ok=True)
+                log.info("deleted image %s: its last owner removed it", image_id)
+
+    def resolve(self, image_id: str) -> str:
+        """A sample's name (``cat``) or ``sample:<name>`` -> its id; other ids unchanged."""
+        name = image_id.removeprefix("sample:")
+        if len(name) != _ID_LENGTH:
+            for record, _ in self._samples.values():
+                if record.name == name:
+                    return record.id
+        return image_id
+
     def record(self, image_id: str) -> ImageRecord:
+        image_id = self.resolve(image_id)
         if image_id in self._samples:
             return self._samples[image_id][0]
         _, meta = self._paths(image_id)
@@ -244,8 +329,42 @@ class ImageStore:
             return ImageRecord(**json.loads(meta.read_text()))
         except FileNotFoundError:
             raise UnknownImageError(image_id) from None
+        except (OSError, ValueError, TypeError):  # empty or corrupt (a disk full, a crash)
+            return self._repair(image_id)
+
+    def _repair(self, image_id: str) -> ImageRecord:
+        """A corrupt or empty metadata file is treated as missing: rebuilt from the image
+        bytes when they are intact (their sha256 is the id), else both files removed."""
+        blob, meta = self._paths(image_id)
+        try:
+            data = blob.read_bytes()
+            if image_id != sha256_bytes(data):
+                raise ValueError("the image bytes do not match their id")
+            image, fmt = decode(data, max_pixels=self.max_pixels)
+        except (OSError, ValueError, InvalidImageError, ImageTooLargeError) as exc:
+            log.warning(
+                "removing image %s: corrupt metadata and unusable bytes (%s)", image_id, exc
+            )
+            meta.unlink(missing_ok=True)
+            blob.unlink(missing_ok=True)
+            raise UnknownImageError(image_id) from None
+        record = ImageRecord(
+            id=image_id,
+            name="upload",
+            kind="upload",
+            width=image.width,
+            height=image.height,
+            format=fmt,
+            bytes=len(data),
+            media_type=Image.MIME.get(fmt, "application/octet-stream"),
+        )
+        with contextlib.suppress(OSError):  # a full disk: served from the bytes meanwhile
+            atomic_write(meta, json.dumps(record.as_dict()).encode())
+            log.warning("repaired the corrupt metadata of image %s", image_id)
+        return record
 
     def data(self, image_id: str) -> tuple[ImageRecord, bytes]:
+        image_id = self.resolve(image_id)
         if image_id in self._samples:
             return self._samples[image_id]
         record = self.record(image_id)
@@ -283,6 +402,8 @@ class ImageStore:
             oldest = metas.pop(0)
             oldest.unlink(missing_ok=True)
             oldest.with_suffix(".img").unlink(missing_ok=True)
+            for mark in (self.root / OWNERS).glob(f"*/{oldest.stem}"):
+                mark.unlink(missing_ok=True)
             total -= sizes[oldest]
             log.info("evicted image %s from the store", oldest.stem)
 

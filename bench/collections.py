@@ -1,0 +1,181 @@
+"""Dataset examples: indexing throughput against a plain loop, the examples endpoint's
+latency, and peak memory while indexing 10x more images.
+
+* floor: the same image files, a plain in-process loop (decode, preprocess, batched
+  forward under ``no_grad``, no hooks, no bookkeeping), batch 16;
+* index: ``Convscope.index_now`` on a collection of those files, every spatial module of the
+  default model (the index job's body), same batch size;
+* examples p50: ``GET .../examples/{layer}?channel=c`` (JSON, warm: the index open, the
+  receptive fields known), in-process through the app;
+* peak memory: a child process per size indexes N generated images (max RSS), so the two
+  numbers do not share a heap. ``python -m bench.collections --peak N`` is that child.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from bench.table import Row, median, percentile
+from convscope.config import Settings
+
+MODEL = "efficientnet_lite0"
+BATCH = 16
+MEMORY_LAYERS = ("conv_stem", "blocks.1", "blocks.3", "blocks.5", "bn2")
+
+
+def make_images(folder: Path, count: int, seed: int = 0, side: int = 256) -> list[Path]:
+    """``count`` distinct JPEG files: random crops, flips and noise of the bundled samples."""
+    from importlib import resources
+
+    samples = resources.files("convscope") / "data" / "samples"
+    photos = [
+        Image.open(io.BytesIO((samples / name).read_bytes())).convert("RGB")
+        for name in ("chelsea.jpg", "coffee.jpg", "rocket.jpg", "astronaut.jpg")
+    ]
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        w, h = photo.size
+        crop = int(min(w, h) * rng.uniform(0.4, 0.95))
+        x, y = int(rng.integers(0, w - crop + 1)), int(rng.integers(0, h - crop + 1))
+        image = photo.crop((x, y, x + crop, y + crop)).resize((side, side))
+        pixels = np.asarray(image).astype(np.int16) + rng.integers(-8, 9, (side, side, 3))
+        path = folder / f"img{i:05d}.jpg"
+        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path, quality=88)
+        paths.append(path)
+    return paths
+
+
+def _floor(model, paths: list[Path]) -> float:  # type: ignore[no-untyped-def]
+    """Seconds for the plain loop over ``paths``."""
+    pre = model.spec.preprocessing
+    start = time.perf_counter()
+    with torch.no_grad():
+        for i in range(0, len(paths), BATCH):
+            batch = [pre(Image.open(p).convert("RGB")) for p in paths[i : i + BATCH]]
+            model.module(torch.stack(batch))
+    return time.perf_counter() - start
+
+
+def collection_rows(scratch: Path, quick: bool = False) -> list[Row]:
+    from fastapi.testclient import TestClient
+
+    from convscope.api.app import create_app
+    from convscope.services.facade import Convscope
+
+    count = 8 if quick else 64
+    folder = scratch / "collection-images"
+    paths = make_images(folder, count)
+    settings = Settings(data_dir=scratch / "collections-data", builtin_collection=False)
+    service = Convscope(settings)
+    model = service.load_default()
+    _floor(model, paths[: min(BATCH, count)])  # warm-up
+    floor = _floor(model, paths)
+    made = service.import_folder("bench", folder)
+    start = time.perf_counter()
+    summary = service.index_now(MODEL, str(made["id"]))
+    index = time.perf_counter() - start
+    rows = [
+        Row(
+            f"index {count} images, all {summary['layers']} spatial modules",
+            count / index,
+            "img/s",
+            reference=count / floor,
+            reference_name="plain loop",
+            target=">= 0.77",  # index time <= 1.3x the floor's
+            samples=1,
+            note=f"index {index:.2f} s vs floor {floor:.2f} s ({index / floor:.2f}x the time); "
+            f"index on disk {summary['bytes'] / 1024**2:.1f} MiB",
+        )
+    ]
+    app = create_app(settings, service)
+    layer = "blocks.4"
+    url = f"/api/models/{MODEL}/collections/{made['id']}/examples/{layer}"
+    with TestClient(app) as client:
+        client.get(url, params={"channel": 0})  # warm: the receptive fields, the index open
+        times = []
+        for c in range(8 if quick else 100):
+            t0 = time.perf_counter()
+            response = client.get(url, params={"channel": c % 80, "k": 9})
+            times.append((time.perf_counter() - t0) * 1000)
+            response.raise_for_status()
+    rows.append(
+        Row(
+            "examples endpoint p50 (JSON, warm)",
+            median(times),
+            "ms",
+            target="",
+            samples=len(times),
+            note=f"p90 {percentile(times, 90):.1f} ms; target < 20 ms",
+        )
+    )
+    small, large = (10, 100) if quick else (200, 2000)
+    peaks = {n: _peak_child(n, scratch / f"peak-{n}") for n in (small, large)}
+    rows.append(
+        Row(
+            f"peak RSS indexing {large} images",
+            peaks[large] / 1024**2,
+            "MiB",
+            reference=peaks[small] / 1024**2,
+            reference_name=f"{small} images",
+            target="<= 1.1",
+            samples=1,
+            note=f"{len(MEMORY_LAYERS)} layers {', '.join(MEMORY_LAYERS)}; max RSS of a child "
+            "process that generates, stores and indexes the images",
+        )
+    )
+    service.shutdown()
+    return rows
+
+
+def _peak_child(count: int, folder: Path) -> int:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.collections", "--peak", str(count), "--dir", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=True,
+    )
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def peak(count: int, folder: Path) -> int:
+    """Index ``count`` generated images in this process; return the max RSS in bytes."""
+    from convscope.services.facade import Convscope
+
+    images = make_images(folder / "images", count, side=160)
+    settings = Settings(data_dir=folder / "data", builtin_collection=False, max_images=count + 100)
+    service = Convscope(settings)
+    service.load_default()
+    made = service.import_folder("peak", folder / "images")
+    del images
+    service.index_now(MODEL, str(made["id"]), MEMORY_LAYERS)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m bench.collections")
+    parser.add_argument("--peak", type=int, default=None)
+    parser.add_argument("--dir", type=Path, default=None)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    if args.peak is not None:
+        sys.stdout.write(f"{peak(args.peak, args.dir or Path(tempfile.mkdtemp()))}\n")
+    else:
+        from bench.table import render
+
+        with tempfile.TemporaryDirectory() as tmp:
+            sys.stdout.write(render(collection_rows(Path(tmp), args.quick)) + "\n")
