@@ -14,7 +14,8 @@ three encodings (PNG, NPY, JSON); the math itself is in ``methods.py``.
 from __future__ import annotations
 
 import io
-from typing import Any, Literal
+from dataclasses import fields
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -122,16 +123,14 @@ class Attributions:
         total = int(shape[0]) if shape else 0
 
         def work(ctx: JobContext) -> bytes:
-            return _pack_cam(
-                self._compute_cam(model, view, layer, class_index, method, ctx.progress)
-            )
+            return _pack(self._compute_cam(model, view, layer, class_index, method, ctx.progress))
 
         status = self.jobs.submit(
             key, work, total=total, label=f"{method} {model.name} {layer} image {image_id[:12]}"
         )
         if status.state != "done":
             return status
-        result = _unpack_cam(self.jobs.result_png(status.id))
+        result = _unpack(CamResult, self.jobs.result_png(status.id))
         rendered = self._render_cam(model, view, result, fmt, alpha)
         rendered.headers["X-Convscope-Job"] = status.id
         return rendered
@@ -267,7 +266,7 @@ class Attributions:
         )
 
         def work(ctx: JobContext) -> bytes:
-            return _pack_saliency(
+            return _pack(
                 self._compute_saliency(
                     model, view, method, class_index, samples, noise, seed, ctx.progress
                 )
@@ -278,7 +277,7 @@ class Attributions:
         )
         if status.state != "done":
             return status
-        rendered = _render_saliency(_unpack_saliency(self.jobs.result_png(status.id)), fmt)
+        rendered = _render_saliency(_unpack(SaliencyResult, self.jobs.result_png(status.id)), fmt)
         rendered.headers["X-Convscope-Job"] = status.id
         return rendered
 
@@ -343,54 +342,27 @@ def _render_saliency(result: SaliencyResult, fmt: Literal["png", "npy"]) -> Rend
     return Rendered(encode.png(heat), PNG, headers)
 
 
-# A job's result is bytes: the maps, packed as NPZ (plain arrays, no pickle).
+# A job's result is bytes: the result dataclass's fields, packed as NPZ (plain arrays and
+# 0-d scalars, no pickle).
+
+Result = TypeVar("Result", CamResult, SaliencyResult)
 
 
-def _npz(**arrays: Any) -> bytes:
+def _pack(result: CamResult | SaliencyResult) -> bytes:
+    arrays: dict[str, Any] = {
+        f.name: value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        for f in fields(result)
+        for value in (getattr(result, f.name),)
+    }
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
 
 
-def _pack_cam(result: CamResult) -> bytes:
-    return _npz(
-        heatmap=result.heatmap.numpy(),
-        cam=result.cam.numpy(),
-        class_index=np.int64(result.class_index),
-        score=np.float64(result.score),
-        layer=np.str_(result.layer),
-        method=np.str_(result.method),
-    )
-
-
-def _unpack_cam(data: bytes) -> CamResult:
+def _unpack(kind: type[Result], data: bytes) -> Result:
     with np.load(io.BytesIO(data), allow_pickle=False) as z:
-        return CamResult(
-            torch.from_numpy(z["heatmap"].copy()),
-            torch.from_numpy(z["cam"].copy()),
-            int(z["class_index"]),
-            float(z["score"]),
-            str(z["layer"]),
-            str(z["method"]),
-        )
-
-
-def _pack_saliency(result: SaliencyResult) -> bytes:
-    return _npz(
-        saliency=result.saliency.numpy(),
-        gradient=result.gradient.numpy(),
-        class_index=np.int64(result.class_index),
-        score=np.float64(result.score),
-        method=np.str_(result.method),
-    )
-
-
-def _unpack_saliency(data: bytes) -> SaliencyResult:
-    with np.load(io.BytesIO(data), allow_pickle=False) as z:
-        return SaliencyResult(
-            torch.from_numpy(z["saliency"].copy()),
-            torch.from_numpy(z["gradient"].copy()),
-            int(z["class_index"]),
-            float(z["score"]),
-            str(z["method"]),
-        )
+        values: dict[str, Any] = {
+            f.name: torch.from_numpy(z[f.name].copy()) if z[f.name].ndim else z[f.name].item()
+            for f in fields(kind)
+        }
+    return kind(**values)

@@ -64,20 +64,43 @@ def role(module: nn.Module) -> str | None:
     return None
 
 
-def _as_average(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _as_average(module: nn.Module, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The mean over each window that ``module`` (max pooling) took the max of; ``out`` is the
+    max-pooled output, whose shape the average must have."""
     if isinstance(module, nn.AdaptiveMaxPool2d):
         return F.adaptive_avg_pool2d(x, module.output_size)
     assert isinstance(module, nn.MaxPool2d)
-    if module.dilation not in (1, (1, 1)):
-        raise NotImplementedError("dilated max pooling has no average-pooling equivalent")
-    return F.avg_pool2d(
-        x,
-        module.kernel_size,
-        module.stride,
-        module.padding,
-        ceil_mode=module.ceil_mode,
-        count_include_pad=False,  # max pooling pads with -inf: padding never counts
+    if module.dilation in (1, (1, 1)):
+        return F.avg_pool2d(
+            x,
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            ceil_mode=module.ceil_mode,
+            count_include_pad=False,  # max pooling pads with -inf: padding never counts
+        )
+    # Dilated windows: a depthwise conv with ones sums each window, the same conv over a mask
+    # of ones counts its pixels inside the image (padding never counts). Extra zeros at the
+    # bottom and right give ceil_mode's last windows.
+    kernel, stride, padding, dilation = (
+        tuple(v) if isinstance(v, tuple | list) else (v, v)
+        for v in (module.kernel_size, module.stride, module.padding, module.dilation)
     )
+    extra = [
+        max(0, (n_out - 1) * s + d * (k - 1) + 1 - (n + 2 * p))
+        for n_out, s, d, k, n, p in zip(
+            out.shape[-2:], stride, dilation, kernel, x.shape[-2:], padding, strict=True
+        )
+    ]
+    channels = x.shape[1]
+    ones = x.new_ones(channels, 1, *kernel)
+    padded = F.pad(x, (0, extra[1], 0, extra[0]))
+    mask = F.pad(torch.ones_like(x), (0, extra[1], 0, extra[0]))
+
+    def window_sum(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, ones, stride=stride, padding=padding, dilation=dilation, groups=channels)
+
+    return window_sum(padded) / window_sum(mask)
 
 
 def linearize(scope: HookScope, model: nn.Module) -> int:
@@ -94,7 +117,7 @@ def linearize(scope: HookScope, model: nn.Module) -> int:
             continue
         count += 1
         if kind == "avg_pool":
-            scope.forward(module, lambda m, inputs, _out: _as_average(m, inputs[0]))
+            scope.forward(module, lambda m, inputs, out: _as_average(m, inputs[0], out))
             continue
         kept: dict[str, Any] = {}
 
