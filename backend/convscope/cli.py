@@ -46,11 +46,13 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     from convscope.api.app import create_app
     from convscope.api.logs import uvicorn_log_config
+    from convscope.api.protocol import protocol_class
 
     uvicorn.run(
         create_app(settings, bind_host=args.host),
         host=args.host,
         port=args.port,
+        http=protocol_class(settings),  # header timeout, pending-connection bounds (issue 10)
         log_level=settings.log_level,
         log_config=uvicorn_log_config(settings.log_level, settings.log_format),
         access_log=False,  # convscope.access logs each request, with route and request id

@@ -183,6 +183,17 @@ class Settings(BaseSettings):
     watch_max_seconds: float = Field(
         default=1800.0, gt=0, description="An SSE job stream is closed after this long."
     )
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="A request line and headers must arrive within this time (408 after).",
+    )
+    max_pending_connections: int = Field(
+        default=256, ge=1, description="Connections still sending their headers, overall."
+    )
+    max_pending_connections_per_client: int = Field(
+        default=16, ge=1, description="Per client address (a trusted proxy is not a client)."
+    )
     max_json_depth: int = Field(default=32, ge=2, description="Nesting of a JSON body or field.")
     max_job_results: int = Field(default=2000, ge=1, description="Job result files kept.")
     max_job_results_bytes: int = Field(default=512 * 1024**2, ge=1024)
