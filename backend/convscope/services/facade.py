@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 import numpy as np
+import torch
 
 from convscope.config import Settings
 from convscope.render import colormap, overlay
@@ -31,6 +32,7 @@ from convscope.services.compute.runtime import (
     configure_threads,
     freeze_heap,
     release_free_memory,
+    release_library_pages,
     share_cores,
     tune_allocator,
 )
@@ -170,6 +172,8 @@ class Convscope:
         finally:  # loaded or not: what is loaded now is frozen and the collector runs again
             freeze_heap()
             release_free_memory()
+            # the CUDA build's GPU libraries, when nothing here runs on a GPU; run-once code
+            release_library_pages(cpu_only=not torch.cuda.is_initialized())
         return model
 
     def collect_leftovers(self) -> dict[str, int]:

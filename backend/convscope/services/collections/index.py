@@ -38,6 +38,7 @@ parts must agree on the partial's layout; split, each half would only make sense
 from __future__ import annotations
 
 from collections.abc import Mapping
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from convscope.services.collections.kernels import row_stats
 from convscope.services.models.hooks import HookScope, eval_mode
 
 # Fixed histogram edges for per-image maxima: 0, and +-2^(-6 .. 8) in quarter octaves.
@@ -135,6 +137,19 @@ def empty(shapes: Mapping[str, tuple[int, int, int]], k: int) -> Partial:
     return Partial(k, {name: empty_layer(*shape) for name, shape in shapes.items()})
 
 
+def _order_key(score: npt.NDArray[np.float32], image: npt.NDArray[np.int32]) -> npt.NDArray[Any]:
+    """One ``uint64`` per candidate whose ascending order is: higher score first, then lower
+    image position; NaN ranks as -inf and -0.0 as 0.0. One sort of this key replaces a
+    two-key lexsort (about twice as fast on 105,888 channels)."""
+    keyed = np.where(np.isnan(score), np.float32(-np.inf), score).astype(np.float32) + np.float32(0)
+    bits = keyed.view(np.uint32).astype(np.uint64)
+    # IEEE-754 bits to an order-preserving unsigned integer, then reversed (best first).
+    ordered = np.where(
+        bits >> np.uint64(31), ~bits & np.uint64(0xFFFFFFFF), bits | np.uint64(1 << 31)
+    )
+    return ((np.uint64(0xFFFFFFFF) - ordered) << np.uint64(32)) | image.astype(np.uint64)
+
+
 def _merge_topk(a: TopK, b: TopK, k: int) -> TopK:
     """Top ``k`` of the union, best score first, ties by lower image position. Exact."""
     score = np.concatenate([a.score, b.score], axis=1)
@@ -142,8 +157,13 @@ def _merge_topk(a: TopK, b: TopK, k: int) -> TopK:
     pos = np.concatenate([a.pos, b.pos], axis=1)
     if score.shape[1] == 0:
         return TopK(score, image, pos)
-    keyed = np.where(np.isnan(score), -np.inf, score)
-    order = np.lexsort((image, -keyed), axis=1)[:, :k]
+    key = _order_key(score, image)
+    if key.shape[1] > k:
+        # Keys are distinct within a row (one candidate per image): the k smallest are exact.
+        head = np.argpartition(key, k - 1, axis=1)[:, :k]
+        order = np.take_along_axis(head, np.argsort(np.take_along_axis(key, head, 1), 1), 1)
+    else:
+        order = np.argsort(key, axis=1)
     return TopK(
         np.take_along_axis(score, order, 1),
         np.take_along_axis(image, order, 1),
@@ -182,76 +202,63 @@ def merge(a: Partial, b: Partial) -> Partial:
     )
 
 
-Scratch = dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]]
+def _stats_torch(flat: torch.Tensor) -> tuple[npt.NDArray[Any], ...]:
+    """The five statistics with torch ops (on an accelerator, where the maps live)."""
+    peak, where = flat.max(dim=1)
+    total = flat.sum(dim=1, dtype=torch.float64)
+    squares = torch.linalg.vector_norm(flat, dim=1).double().square()
+    nonpos = (flat <= 0).sum(dim=1)
+    return tuple(t.cpu().numpy() for t in (peak, where, total, squares, nonpos))
 
 
-def _count_nonpositive(flat: torch.Tensor, scratch: Scratch | None) -> torch.Tensor:
-    """``(flat <= 0).sum(2)`` for ``Tensor[B, C, N]``, through reused buffers: summing a bool
-    tensor is several times slower than comparing into one and summing it as float32 (exact:
-    N < 2**24)."""
-    key = tuple(flat.shape)
-    buffers = None if scratch is None else scratch.get(key)
-    if buffers is None or buffers[0].device != flat.device:
-        buffers = (
-            torch.empty(key, dtype=torch.bool, device=flat.device),
-            torch.empty(key, dtype=torch.float32, device=flat.device),
-        )
-        if scratch is not None:
-            scratch[key] = buffers
-    mask, counts = buffers
-    torch.le(flat, 0, out=mask)
-    return counts.copy_(mask).sum(dim=2)
+def _stats(maps: torch.Tensor, pool: Executor | None, parts: int) -> tuple[npt.NDArray[Any], ...]:
+    """``(peak, where, total, squares, nonpos)``, each ``[B * C]``, of ``Tensor[B, C, H, W]``."""
+    batch, channels, height, width = maps.shape
+    flat = maps.detach().reshape(batch * channels, height * width)
+    if flat.dtype != torch.float32:
+        flat = flat.float()
+    if flat.device.type != "cpu":
+        return _stats_torch(flat)
+    found = row_stats(flat.contiguous().numpy(), pool, parts)
+    return found.peak, found.where, found.total, found.squares, found.nonpos
 
 
 def _reduce(
-    maps: torch.Tensor, first: int, k: int, scratch: Scratch | None = None
+    maps: torch.Tensor, first: int, k: int, pool: Executor | None = None, parts: int = 1
 ) -> tuple[LayerPartial, Scores]:
     """One layer's output ``Tensor[B, C, H, W]`` -> its partial and the batch's scores."""
     batch, channels, height, width = maps.shape
-    flat = maps.detach().reshape(batch, channels, height * width)
-    if flat.dtype != torch.float32:
-        flat = flat.float()
-    peak, where = flat.max(dim=2)
-    sums = flat.sum(dim=2)
-    # One reduction pass and no temporary the size of the maps (vecdot is slower on CPU).
-    squares = torch.linalg.vector_norm(flat, dim=2).square()
-    nonpos = _count_nonpositive(flat, scratch).round()
-    mean = sums / (height * width)
-    peak_np = peak.cpu().numpy()
-    mean_np = mean.cpu().numpy()
-    where_np = where.cpu().numpy().astype(np.int32)
+    peak, where, total, squares, nonpos = (
+        a.reshape(batch, channels) for a in _stats(maps, pool, parts)
+    )
+    peak = peak.astype(np.float32, copy=False)
+    mean64 = total / (height * width)
+    mean = mean64.astype(np.float32)
+    where32 = where.astype(np.int32)
     images = np.arange(first, first + batch, dtype=np.int32)
-    bins = np.searchsorted(HIST_EDGES, peak_np, side="right")  # [B, C] in 0 .. HIST_BINS - 1
-    hist = np.zeros((channels, HIST_BINS), np.int64)
-    np.add.at(hist, (np.broadcast_to(np.arange(channels), bins.shape), bins), 1)
+    bins = np.searchsorted(HIST_EDGES, peak, side="right")  # [B, C] in 0 .. HIST_BINS - 1
+    cells = (np.arange(channels) * HIST_BINS)[None, :] + bins
+    hist = np.bincount(cells.ravel(), minlength=channels * HIST_BINS)
     # Each image a candidate; the mean ranking keeps the image's argmax position.
     by_image = np.broadcast_to(images[None, :], (channels, batch))
-    top_max = _merge_topk(
-        _empty_topk(channels),
-        TopK(peak_np.T.copy(), by_image.copy(), where_np.T.copy()),
-        k,
-    )
-    top_mean = _merge_topk(
-        _empty_topk(channels),
-        TopK(mean_np.T.copy(), by_image.copy(), where_np.T.copy()),
-        k,
-    )
-    mean64 = mean_np.astype(np.float64)
+    none = _empty_topk(channels)
+    top_max = _merge_topk(none, TopK(peak.T.copy(), by_image.copy(), where32.T.copy()), k)
+    top_mean = _merge_topk(none, TopK(mean.T.copy(), by_image.copy(), where32.T.copy()), k)
     partial = LayerPartial(
         height=height,
         width=width,
         top_max=top_max,
         top_mean=top_mean,
         count=batch,
-        total=sums.double().sum(0).cpu().numpy(),
-        total_sq=squares.double().sum(0).cpu().numpy(),
-        max=peak_np.max(axis=0),
-        nonpos=nonpos.sum(0).cpu().numpy().astype(np.int64),  # float32 counts < 2**24, exact
+        total=total.sum(0),
+        total_sq=squares.sum(0),
+        max=peak.max(axis=0),
+        nonpos=nonpos.sum(0).astype(np.int64),
         mean_sum=mean64.sum(0),
         mean_sq=(mean64 * mean64).sum(0),
-        hist=hist,
+        hist=hist.reshape(channels, HIST_BINS).astype(np.int64),
     )
-    return partial, Scores(peak_np, mean_np)
+    return partial, Scores(peak, mean)
 
 
 def reduce_maps(
@@ -282,7 +289,7 @@ def map_batch(
     layers: dict[str, LayerPartial] = {}
     scores: dict[str, Scores] = {}
     seen: dict[tuple[int, int, tuple[int, ...]], tuple[LayerPartial, Scores]] = {}
-    scratch: Scratch = {}
+    parts = torch.get_num_threads()
 
     def make_hook(name: str) -> Any:
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
@@ -291,12 +298,12 @@ def map_batch(
             key = (output.data_ptr(), output._version, tuple(output.shape))
             found = seen.get(key)
             if found is None:
-                found = seen[key] = _reduce(output, first, k, scratch)
+                found = seen[key] = _reduce(output, first, k, pool, parts)
             layers[name], scores[name] = found
 
         return hook
 
-    with HookScope() as hooks:
+    with ThreadPoolExecutor(parts) as pool, HookScope() as hooks:
         for name, target in targets.items():
             hooks.forward(target, make_hook(name))
         # no_grad, not inference_mode: the de-duplication reads version counters.

@@ -13,8 +13,10 @@ import gc
 import logging
 import math
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -140,3 +142,73 @@ def freeze_heap() -> int:
     frozen = gc.get_freeze_count()
     log.info("%d objects frozen out of the cyclic garbage collector", frozen)
     return frozen
+
+
+# Files of the GPU stack that the CUDA build of torch maps at import whether or not a GPU is
+# ever used: the CUDA runtime and its libraries (wheels under nvidia/), torch's CUDA halves,
+# cuda-python's bindings and triton.
+_GPU_LIBRARIES = re.compile(
+    r"/nvidia/|/libtorch_cuda[^/]*$|/libc10_cuda[^/]*$|/libcaffe2_nvrtc[^/]*$|/cuda/bindings/|/triton/"
+)
+# torch's own CPU libraries: most of their resident text ran once, registering operators.
+_TORCH_LIBRARIES = re.compile(r"/torch/lib/lib[^/]+\.so[^/]*$")
+_MADV_DONTNEED, _MADV_PAGEOUT = 4, 21  # linux/mman.h; PAGEOUT since Linux 5.4
+
+
+def _library_ranges(smaps: str, pattern: re.Pattern[str]) -> list[tuple[int, int, bool]]:
+    """``(start, end, clean)`` of each mapping of a file matching ``pattern``; ``clean``: not
+    writable and no private (anonymous) page in it, so every resident page is the file's."""
+    ranges: list[list[Any]] = []
+    current: list[Any] | None = None
+    for line in smaps.splitlines():
+        head = line.split(maxsplit=5)
+        if head and "-" in head[0] and len(head) >= 5 and ":" in head[3]:
+            current = None
+            if len(head) == 6 and pattern.search(head[5]):
+                start, end = (int(v, 16) for v in head[0].split("-"))
+                current = [start, end, "w" not in head[1]]
+                ranges.append(current)
+        elif current is not None and line.startswith("Anonymous:") and int(head[1]) > 0:
+            current[2] = False
+    return [(int(a), int(b), bool(c)) for a, b, c in ranges]
+
+
+def release_library_pages(cpu_only: bool, smaps: Path = Path("/proc/self/smaps")) -> int:
+    """Unmap resident library pages an idle server does not need; returns the bytes advised.
+
+    After ``import torch`` (CUDA build) and a model load, ~420 MiB of the process's resident
+    set are pages of shared libraries (docs/performance.md, "Idle footprint"):
+
+    * GPU libraries (libnvrtc, libcublasLt, libnvJitLink, libtorch_cuda, ...: ~270 MiB), which a
+      process computing on the CPU never touches again: all of their mappings (``cpu_only``);
+    * torch's CPU libraries (``libtorch_cpu.so``: 143 MiB resident), mostly code that ran once
+      at import to register operators: their clean mappings only.
+
+    A mapping that is read-only and holds no private page is only the file's pages:
+    ``MADV_DONTNEED`` unmaps them, the page cache keeps them, and a later touch maps them
+    back (a minor fault: the pages a request needs return on the first request). Other
+    mappings of GPU libraries get ``MADV_PAGEOUT``, the kernel's own reclaim asked for early,
+    which never discards data. No-op on other systems and kernels.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        madvise = libc.madvise
+        text = smaps.read_text()
+    except (OSError, AttributeError):
+        return 0
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    plan = [
+        (a, b, _MADV_DONTNEED) for a, b, clean in _library_ranges(text, _TORCH_LIBRARIES) if clean
+    ]
+    if cpu_only:
+        plan += [
+            (a, b, _MADV_DONTNEED if clean else _MADV_PAGEOUT)
+            for a, b, clean in _library_ranges(text, _GPU_LIBRARIES)
+        ]
+    advised = 0
+    for start, end, advice in plan:
+        if madvise(start, end - start, advice) != 0:
+            log.debug("madvise refused (errno %d): stopped", ctypes.get_errno())
+            return advised
+        advised += end - start
+    return advised
