@@ -4,7 +4,8 @@
 
 ARGS: address, data_dir, model, ids, shapes, k, options (RayIndexOptions fields), out (a
 folder), base (commit the index there when the run is complete), pause (seconds after each
-batch). Writes ``connected`` once it is a driver and waits for
+batch). Writes ``node`` (the id of the node it is a driver on: the head) and ``connected``
+once it is a driver and waits for
 ``go`` (the test checks the listeners in between), then ``result.pkl``: the RayIndex, or the
 exception text.
 """
@@ -34,6 +35,9 @@ def main(path: str) -> int:
         ray_address=args["address"],
     )
     connect(settings)
+    import ray
+
+    (out / "node").write_text(ray.get_runtime_context().get_node_id())  # the head's id
     (out / "connected").write_text(str(os.getpid()))
     deadline = time.monotonic() + 60
     while not (out / "go").exists():

@@ -1,7 +1,6 @@
 """Collection indexing on Ray Data against the one-process index: equal partials and
-scores; a killed actor gives a retried run or a clean failure, never a partial index. The Ray
-driver is a subprocess (``index_driver``). (A node joining mid-run is shown with jobs, in
-test_jobs_join.py: the Ray Data pool was not seen to grow onto a joining node here.)"""
+scores; a killed actor gives a retried run or a clean failure, never a partial index; a node
+that joins mid-run takes batches. The Ray driver is a subprocess (``index_driver``)."""
 
 from __future__ import annotations
 
@@ -10,6 +9,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -186,3 +186,50 @@ def test_killed_actor_is_retried_or_fails_cleanly(
     else:  # failed: nothing served, not a partial index
         assert outcome["error"]
         assert served is None
+
+
+@pytest.fixture(scope="module")
+def big(service: Convscope) -> indexfiles.IndexReader:
+    """96 photos indexed in this process: a run on one actor lasts long enough to join."""
+    cid = new_collection(service, variants(service, 192, seed=11), "ray-join-reference")
+    service.index_now(DEFAULT, cid, LAYERS, K)
+    return service.collections.reader(service.model(DEFAULT), cid)
+
+
+def test_a_node_joining_mid_run_takes_batches(
+    service: Convscope, big: indexfiles.IndexReader, shapes, tmp_path: Path
+) -> None:
+    """On a 1-CPU head the pool's first 1-CPU actor fills the cluster (no budget to grow); a
+    node that joins mid-run gives the budget for a second actor, which only fits there, and
+    it takes batches. The result equals the one-process index."""
+    cluster = start_cluster(cpus=1)
+    try:
+        with Driver(
+            cluster,
+            tmp_path / "run",
+            data_dir=str(service.settings.data_dir),
+            ids=big.images,
+            shapes=shapes,
+            k=K,
+            options=_options(batch_size=2, max_actors=2, cpus=1.0),
+            base=str(tmp_path / "index"),
+        ) as driver:
+            joining = threading.Thread(target=cluster.add_node, kwargs={"cpus": 1})
+            joining.start()  # while the first actor loads its model and starts
+            joining.join(150)
+            assert not joining.is_alive()
+            assert driver.progress() < len(big.images), "the run ended before the node joined"
+            outcome = driver.result()
+        assert "result" in outcome, outcome.get("trace")
+        index = outcome["result"]
+        head = (tmp_path / "run" / "node").read_text()
+        assert sum(index.batches_per_node.values()) == len(big.images) // 2
+        assert set(index.batches_per_node) - {head}, index.batches_per_node
+        assert len(index.batches_per_node) == 2
+        _assert_equal(index.partial, big.partial())
+        written = indexfiles.open_current(tmp_path / "index")
+        assert written is not None
+        for layer in LAYERS:
+            np.testing.assert_array_equal(written.scores(layer), big.scores(layer))
+    finally:
+        cluster.stop()

@@ -52,8 +52,9 @@ def test_second_node_joining_mid_run_takes_the_waiting_job(tmp_path: Path) -> No
             start_all([server])
             cluster.check_loopback()
             with httpx.Client(base_url=server.url, timeout=60) as api:
-                first = api.post(f"{M}/optimize", json={**LONG, "seed": 1}).json()["id"]
-                second = api.post(f"{M}/optimize", json={**LONG, "seed": 2}).json()["id"]
+                submitted = [api.post(f"{M}/optimize", json={**LONG, "seed": s}) for s in (1, 2)]
+                tokens = {r.json()["id"]: r.json()["token"] for r in submitted}
+                first, second = (r.json()["id"] for r in submitted)
 
                 def step(job: str) -> int:
                     return int(api.get(f"/api/jobs/{job}").json()["step"])
@@ -74,7 +75,8 @@ def test_second_node_joining_mid_run_takes_the_waiting_job(tmp_path: Path) -> No
                     "running"
                 )
                 for job in (first, second):
-                    assert api.delete(f"/api/jobs/{job}").status_code == 200
+                    stop = api.delete(f"/api/jobs/{job}", headers={"X-Job-Token": tokens[job]})
+                    assert stop.status_code == 200
                 wait_for(
                     lambda: all(
                         api.get(f"/api/jobs/{j}").json()["state"] == "cancelled"

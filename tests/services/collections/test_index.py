@@ -22,6 +22,7 @@ from convscope.services.collections.index import (
     Partial,
     empty,
     merge,
+    merge_all,
     reduce_maps,
 )
 from convscope.services.facade import Convscope
@@ -67,8 +68,15 @@ def test_merge_of_partials_equals_one_pass() -> None:
         right = merge(part, right)
     tree = merge(merge(parts[0], merge(parts[1], parts[2])), merge(merge(*parts[3:5]), parts[5]))
     tree = merge(tree, parts[6])
-    for merged in (left, right, tree):
+    at_once = merge_all(parts)  # one selection over every part, as the build does
+    at_once_shuffled = merge_all([parts[i] for i in (4, 0, 6, 2, 5, 1, 3)])
+    for merged in (left, right, tree, at_once, at_once_shuffled):
         _assert_equal(merged, one)
+    # a layer that shares its partial with another (one tensor, two modules) stays shared
+    shared = [Partial(k, {"a": part.layers["a"], "b": part.layers["a"]}) for part in parts]
+    combined = merge_all(shared)
+    assert combined.layers["a"] is combined.layers["b"]
+    _assert_layer_equal(combined.layers["a"], one.layers["a"])
     # and the one-pass values are what they claim to be
     layer = one.layers["a"]
     flat = maps.flatten(2)

@@ -14,7 +14,9 @@ three encodings (PNG, NPY, JSON); the math itself is in ``methods.py``.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import fields
+from functools import partial
 from typing import Any, Literal, TypeVar
 
 import numpy as np
@@ -33,7 +35,13 @@ from convscope.services.attribution.methods import (
     saliency,
 )
 from convscope.services.compute.gate import ComputeGate
-from convscope.services.compute.jobs import JobContext, JobRunner, JobStatus, cache_key
+from convscope.services.compute.jobs import (
+    JobRunner,
+    JobSpec,
+    JobStatus,
+    Work,
+    cache_key,
+)
 from convscope.services.models.registry import LoadedModel, ModelRegistry
 from convscope.services.rendered import JSON, NPY, PNG, Rendered
 from convscope.services.storage.images import ImageStore
@@ -110,23 +118,25 @@ class Attributions:
         model, view = self._view(model_name, image_id)
         layer = self._cam_layer(model, layer)
         self._check_class(model, class_index)
+        image = self.images.resolve(image_id)  # 'cat' and its sha256: one job
         key = cache_key(
             kind="cam",
             model=model.name,
             weights=model.spec.weights,
-            image=self.images.resolve(image_id),  # 'cat' and its sha256: one job
+            image=image,
             layer=layer,
             class_index=class_index,
             method=method,
         )
         shape = model.layer(layer).output_shape
         total = int(shape[0]) if shape else 0
-
-        def work(ctx: JobContext) -> bytes:
-            return _pack(self._compute_cam(model, view, layer, class_index, method, ctx.progress))
-
+        params = {"model": model_name, "image": image, "layer": layer, "class_index": class_index}
         status = self.jobs.submit(
-            key, work, total=total, label=f"{method} {model.name} {layer} image {image_id[:12]}"
+            key,
+            _job(partial(self._compute_cam, model, view, layer, class_index, method)),
+            total=total,
+            label=f"{method} {model.name} {layer} image {image_id[:12]}",
+            spec=JobSpec("cam", {**params, "method": method}),
         )
         if status.state != "done":
             return status
@@ -134,6 +144,20 @@ class Attributions:
         rendered = self._render_cam(model, view, result, fmt, alpha)
         rendered.headers["X-Convscope-Job"] = status.id
         return rendered
+
+    def work_for(self, spec: JobSpec) -> Work:
+        """Rebuild a ``cam`` or ``saliency`` job's work from its :class:`JobSpec` (a runner on
+        another process)."""
+        p = spec.params
+        model, view = self._view(p["model"], p["image"])
+        if spec.kind == "cam":
+            return _job(
+                partial(self._compute_cam, model, view, p["layer"], p["class_index"], p["method"])
+            )
+        if spec.kind == "saliency":
+            args = (p["method"], p["class_index"], p["samples"], p["noise"], p["seed"])
+            return _job(partial(self._compute_saliency, model, view, *args))
+        raise ValueError(f"expected a job kind 'cam' or 'saliency', got {spec.kind!r}")
 
     def _compute_cam(
         self,
@@ -253,27 +277,32 @@ class Attributions:
         self._check_class(model, class_index)
         if not 1 <= samples <= 128:  # methods.saliency's bound, checked before queueing
             raise InvalidParameterError("samples", f"expected 1 <= samples <= 128, got {samples}")
+        image = self.images.resolve(image_id)  # 'cat' and its sha256: one job
         key = cache_key(
             kind="saliency",
             model=model.name,
             weights=model.spec.weights,
-            image=self.images.resolve(image_id),  # 'cat' and its sha256: one job
+            image=image,
             class_index=class_index,
             method=method,
             samples=samples,
             noise=noise,
             seed=seed,
         )
-
-        def work(ctx: JobContext) -> bytes:
-            return _pack(
-                self._compute_saliency(
-                    model, view, method, class_index, samples, noise, seed, ctx.progress
-                )
-            )
-
+        params = {"model": model_name, "image": image, "class_index": class_index}
         status = self.jobs.submit(
-            key, work, total=samples, label=f"{method} {model.name} image {image_id[:12]}"
+            key,
+            _job(
+                partial(
+                    self._compute_saliency, model, view, method, class_index, samples, noise, seed
+                )
+            ),
+            total=samples,
+            label=f"{method} {model.name} image {image_id[:12]}",
+            spec=JobSpec(
+                "saliency",
+                {**params, "method": method, "samples": samples, "noise": noise, "seed": seed},
+            ),
         )
         if status.state != "done":
             return status
@@ -346,6 +375,11 @@ def _render_saliency(result: SaliencyResult, fmt: Literal["png", "npy"]) -> Rend
 # 0-d scalars, no pickle).
 
 Result = TypeVar("Result", CamResult, SaliencyResult)
+
+
+def _job(compute: Callable[[Progress | None], CamResult | SaliencyResult]) -> Work:
+    """A job's work: ``compute(progress)``, its result packed."""
+    return lambda ctx: _pack(compute(ctx.progress))
 
 
 def _pack(result: CamResult | SaliencyResult) -> bytes:

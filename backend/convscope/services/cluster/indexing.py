@@ -15,6 +15,13 @@ batch retried; when retries run out the run raises, and the served index stays t
 
 On 2 cores: fractional CPUs per actor and one actor (two one-CPU actors starved the reader
 and deadlocked); on N GPUs: ``actors=N, gpus=1`` (see docs/performance.md).
+
+A node that joins mid-run: Ray Data 2.60 sizes a run by what its cluster-wide autoscaling
+coordinator (a detached actor) has reserved for it, and that actor re-reads the node list only
+on its 20 s tick; a run shorter than that never saw the new node (what an earlier session
+observed). :class:`_NodeWatch` asks the coordinator to re-read the nodes as soon as the
+cluster's CPUs or GPUs grow, so the pool gets the budget for one more actor (up to
+``max_actors``) within about a second, and Ray places it where the free resources are.
 """
 
 from __future__ import annotations
@@ -33,12 +40,19 @@ import ray
 import torch
 
 from convscope.config import Settings
-from convscope.errors import CancelledError, ConvscopeError
+from convscope.errors import (
+    CancelledError,
+    ConvscopeError,
+    EmptyCollectionError,
+    UnknownCollectionError,
+    UnknownImageError,
+)
 from convscope.services.cluster.jobs import connect
 from convscope.services.collections import indexfiles
 from convscope.services.collections.index import Partial, Scores, empty, map_batch, merge
+from convscope.services.collections.service import Collections
 from convscope.services.compute.runtime import configure_threads
-from convscope.services.models.registry import ModelRegistry
+from convscope.services.models.registry import LoadedModel, ModelRegistry
 from convscope.services.storage.images import ImageStore
 
 log = logging.getLogger(__name__)
@@ -106,6 +120,50 @@ class IndexActor:
         }
 
 
+COORDINATOR = ("AutoscalingCoordinator", "AutoscalingCoordinator")  # Ray Data's (name, namespace)
+
+
+class _NodeWatch:
+    """While a run lasts: when the cluster's CPUs or GPUs grow, make Ray Data's autoscaling
+    coordinator re-read the nodes now rather than at its next 20 s tick."""
+
+    def __init__(self, every: float = 0.5) -> None:
+        self.every = every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="convscope-node-watch", daemon=True)
+
+    def __enter__(self) -> _NodeWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    @staticmethod
+    def _size() -> tuple[float, float]:
+        total = ray.cluster_resources()
+        return float(total.get("CPU", 0)), float(total.get("GPU", 0))
+
+    def _run(self) -> None:
+        try:
+            seen = self._size()
+            while not self._stop.wait(self.every):
+                now = self._size()
+                if now[0] > seen[0] or now[1] > seen[1]:
+                    log.info("the cluster grew to %s CPUs, %s GPUs: re-reading the nodes", *now)
+                    name, namespace = COORDINATOR
+                    coordinator = ray.get_actor(name, namespace=namespace)
+                    # Unknown requester: it only ticks (re-reads nodes, re-reserves).
+                    ray.get(
+                        coordinator.get_reserved_resources.remote("convscope", recompute=True),
+                        timeout=30,
+                    )
+                seen = now
+        except Exception:  # a Ray Data without that actor: the pool grows on its own tick
+            log.warning("could not tell Ray Data that the cluster grew", exc_info=True)
+
+
 def index_on_ray(
     settings: Settings,
     model_name: str,
@@ -146,21 +204,22 @@ def index_on_ray(
     result = RayIndex(empty(shapes, k))
     firsts: set[int] = set()
     done = 0
-    for row in mapped.iter_rows():
-        if cancel is not None and cancel.is_set():
-            raise CancelledError(f"indexing cancelled after {done} of {len(image_ids)} images")
-        part, scores = pickle.loads(row["result"])
-        first = int(row["first"])
-        if first in firsts:
-            continue  # a retried batch that was delivered twice: merge it once
-        firsts.add(first)
-        result.partial = merge(result.partial, part)
-        result.scores.append((first, scores))
-        node = str(row["node"])
-        result.batches_per_node[node] = result.batches_per_node.get(node, 0) + 1
-        done += next(iter(scores.values())).max.shape[0] if scores else 0
-        if progress is not None:
-            progress(done, len(image_ids))
+    with _NodeWatch():  # a node that joins mid-run takes batches
+        for row in mapped.iter_rows():
+            if cancel is not None and cancel.is_set():
+                raise CancelledError(f"indexing cancelled after {done} of {len(image_ids)} images")
+            part, scores = pickle.loads(row["result"])
+            first = int(row["first"])
+            if first in firsts:
+                continue  # a retried batch that was delivered twice: merge it once
+            firsts.add(first)
+            result.partial = merge(result.partial, part)
+            result.scores.append((first, scores))
+            node = str(row["node"])
+            result.batches_per_node[node] = result.batches_per_node.get(node, 0) + 1
+            done += next(iter(scores.values())).max.shape[0] if scores else 0
+            if progress is not None:
+                progress(done, len(image_ids))
     counts = {layer.count for layer in result.partial.layers.values()}
     if firsts != {row["first"] for row in rows} or counts != {len(image_ids)}:
         raise IncompleteIndexError(
@@ -196,3 +255,73 @@ def write_index(
     except BaseException:
         writer.abort()
         raise
+
+
+MAX_JOB_ACTORS = 8  # an index job's pool: up to this many actors, as the cluster allows
+
+
+def build_on_ray(
+    settings: Settings,
+    collections: Collections,
+    model: LoadedModel,
+    cid: str,
+    layers: list[str],
+    k: int,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> dict[str, Any]:
+    """What ``Collections.build`` does, on Ray Data: index every image of the collection
+    still in the store (the whole index, never incremental) and commit it atomically;
+    returns the same summary. Runs inside a Ray task (the index job): the pool's actors
+    declare the job's CPUs and GPUs (``ray_job_cpus``, ``ray_job_gpus``), one actor at first,
+    up to :data:`MAX_JOB_ACTORS` as nodes join."""
+    started = time.perf_counter()
+    collection = collections.store.get(cid)
+    shapes: dict[str, tuple[int, int, int]] = {}
+    for name in layers:
+        shape = list(model.layer(name).output_shape or ())  # [C, H, W]: checked at submit
+        shapes[name] = (int(shape[0]), int(shape[1]), int(shape[2]))
+    present: list[str] = []
+    skipped: list[dict[str, str]] = []
+    for image_id in collection.images:
+        try:
+            collections.images.record(image_id)
+            present.append(image_id)
+        except UnknownImageError:
+            skipped.append({"name": image_id, "reason": "evicted from the image store"})
+    if not present:
+        raise EmptyCollectionError(cid)
+    batches = -(-len(present) // RayIndexOptions.batch_size)
+    options = RayIndexOptions(
+        max_actors=max(1, min(MAX_JOB_ACTORS, batches)),
+        cpus=settings.ray_job_cpus,
+        gpus=settings.ray_job_gpus,
+    )
+    ray.data.DataContext.get_current().enable_progress_bars = False  # no bars in job logs
+    index = index_on_ray(
+        settings, model.name, present, shapes, k, options, progress=progress, cancel=cancel
+    )
+    folder = collections.store.folder(cid)
+    if not (folder / "collection.json").is_file():
+        raise UnknownCollectionError(cid)  # deleted while indexing
+    manifest = {
+        "model": model.name,
+        "weights": model.spec.weights,
+        "preprocessing": model.spec.preprocessing.as_dict(),
+    }
+    size = write_index(
+        folder / "indexes" / collections.model_key(model), shapes, index, present, manifest
+    )
+    return {
+        "collection": cid,
+        "model": model.name,
+        "layers": len(layers),
+        "incremental": False,
+        "new": len(present),
+        "skipped": skipped,
+        "images": len(present),
+        "bytes": size,
+        "seconds": round(time.perf_counter() - started, 3),
+        "nodes": index.batches_per_node,
+    }

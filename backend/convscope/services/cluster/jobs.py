@@ -17,7 +17,12 @@ from typing import Any
 import ray
 
 from convscope.config import Settings
-from convscope.errors import JobNotFinishedError, OverloadedError, UnknownJobError
+from convscope.errors import (
+    JobNotFinishedError,
+    JobTokenError,
+    OverloadedError,
+    UnknownJobError,
+)
 from convscope.services.cluster.table import TABLE_NAME, JobTable
 from convscope.services.compute.jobs import JobManager, JobSpec, JobStatus, Work
 
@@ -149,8 +154,10 @@ class RayJobManager:
     def cancel(self, job_id: str, token: str | None = None) -> JobStatus:
         if self._is_local(job_id):
             return self.local.cancel(job_id, token)
-        # TODO(issue 10): the cluster's job table does not check control tokens yet.
-        return _status(self._call("cancel", job_id), job_id)
+        answer = self._call("cancel", job_id, token)
+        if answer is not None and answer.get("denied"):
+            raise JobTokenError(job_id)  # the same 403 job_token_invalid as in one process
+        return _status(answer, job_id)
 
     def subscribe(self, job_id: str, callback: Callable[[], None]) -> Callable[[], None]:
         """Local jobs wake their watchers; cluster jobs are polled by them (no callback)."""

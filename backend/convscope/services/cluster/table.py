@@ -10,13 +10,17 @@ writes ``<key>.png`` into the shared results folder before the job shows as done
 
 Methods return plain dicts (``JobStatus`` fields) or ``None`` for an unknown id; the client
 (:class:`jobs.RayJobManager`) turns those into the same objects and errors as in one process.
+Control tokens work as in one process: every submitter of a key gets its own token (the
+last ``MAX_OWNERS`` are kept), and cancel needs one of them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
+import secrets
 import time
 import uuid
 from collections import OrderedDict, deque
@@ -26,7 +30,8 @@ from typing import Any
 import ray
 
 from convscope.services.cluster.worker import run_job
-from convscope.services.compute.jobs import FINISHED, JobSpec
+from convscope.services.collections.service import INDEX_JOB
+from convscope.services.compute.jobs import FINISHED, MAX_OWNERS, JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +76,12 @@ class JobTable:
         out["has_preview"] = job["_preview"] is not None
         return out
 
+    def _owned(self, job: dict[str, Any]) -> dict[str, Any]:
+        """A snapshot with a new control token for this submitter."""
+        token = secrets.token_urlsafe(18)
+        job["_owners"] = [*job["_owners"][-(MAX_OWNERS - 1) :], token]
+        return {**self._snapshot(job), "token": token}
+
     def _touch(self, job: dict[str, Any]) -> None:
         job["version"] += 1
         changed, self._changed = self._changed, asyncio.Event()
@@ -94,6 +105,7 @@ class JobTable:
             "attempts": 0,
             "_preview": None,
             "_cancel": False,
+            "_owners": [],  # control tokens of its submitters
         }
         job.update(fields)
         self._jobs[job["id"]] = job
@@ -130,11 +142,11 @@ class JobTable:
         existing = self._jobs.get(self._by_key.get(key, ""))
         if existing is not None and existing["state"] not in ("failed", "cancelled"):
             self._jobs.move_to_end(existing["id"])
-            return {"job": self._snapshot(existing)}
+            return {"job": self._owned(existing)}
         if stored:
             job = self._new(key, label, total, state="done", step=total, cached=True)
             job["finished"] = job["created"]
-            return {"job": self._snapshot(job)}
+            return {"job": self._owned(job)}
         free = max(0, self.max_running - len(self._running))
         if len(self._queue) >= self.max_queued + free:
             return {
@@ -146,7 +158,7 @@ class JobTable:
         self._work[job["id"]] = (spec, settings)
         self._queue.append(job["id"])
         self._dispatch()
-        return {"job": self._snapshot(job)}
+        return {"job": self._owned(job)}
 
     def _dispatch(self) -> None:
         while self._queue and len(self._running) < self.max_running:
@@ -155,9 +167,11 @@ class JobTable:
             job["state"], job["started"] = "running", time.time()
             self._running.add(job["id"])
             self._touch(job)
+            # An index job's task only drives Ray Data: its actors declare the CPUs and GPUs.
+            coordinator = spec.kind == INDEX_JOB
             ref = self._run.options(
-                num_cpus=self.job_cpus,
-                num_gpus=self.job_gpus,
+                num_cpus=0 if coordinator else self.job_cpus,
+                num_gpus=0 if coordinator else self.job_gpus,
                 max_retries=self.max_retries,  # a lost worker or node: run it again
                 retry_exceptions=False,  # a job's own error is its result, not a retry
                 name=f"convscope-job:{job['label'][:60]}",
@@ -253,11 +267,29 @@ class JobTable:
 
     # -- cancelling -----------------------------------------------------------------------
 
-    async def cancel(self, job_id: str) -> dict[str, Any] | None:
-        """Cancel a queued job at once; ask a running one to stop at its next step."""
+    async def cancel(self, job_id: str, token: str | None = None) -> dict[str, Any] | None:
+        """Cancel a queued job at once; ask a running one to stop at its next step.
+
+        ``token``: as :meth:`JobManager.cancel <convscope.services.compute.jobs.JobManager.cancel>`
+        (one of the job's control tokens, or several comma-separated; the job stops when no
+        other submitter holds one); ``{"denied": True}`` when none is the job's. ``None``: stop
+        it (trusted in-cluster callers).
+        """
         job = self._jobs.get(job_id)
         if job is None:
             return None
+        if token is not None:
+            given = {t.strip() for t in token.split(",")[:MAX_OWNERS]} - {""}
+            held = [
+                t
+                for t in job["_owners"]
+                if any(hmac.compare_digest(t.encode(), g.encode()) for g in given)
+            ]
+            if not held:
+                return {"denied": True}
+            job["_owners"] = [t for t in job["_owners"] if t not in held]
+            if job["_owners"]:
+                return self._snapshot(job)  # other submitters still want it
         if job["state"] == "queued":
             self._queue.remove(job_id)
             self._finish(job, "cancelled", None)

@@ -37,7 +37,8 @@ parts must agree on the partial's layout; split, each half would only make sense
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -150,11 +151,11 @@ def _order_key(score: npt.NDArray[np.float32], image: npt.NDArray[np.int32]) -> 
     return ((np.uint64(0xFFFFFFFF) - ordered) << np.uint64(32)) | image.astype(np.uint64)
 
 
-def _merge_topk(a: TopK, b: TopK, k: int) -> TopK:
+def _merge_topk(lists: Sequence[TopK], k: int) -> TopK:
     """Top ``k`` of the union, best score first, ties by lower image position. Exact."""
-    score = np.concatenate([a.score, b.score], axis=1)
-    image = np.concatenate([a.image, b.image], axis=1)
-    pos = np.concatenate([a.pos, b.pos], axis=1)
+    score = np.concatenate([t.score for t in lists], axis=1)
+    image = np.concatenate([t.image for t in lists], axis=1)
+    pos = np.concatenate([t.pos for t in lists], axis=1)
     if score.shape[1] == 0:
         return TopK(score, image, pos)
     key = _order_key(score, image)
@@ -164,42 +165,69 @@ def _merge_topk(a: TopK, b: TopK, k: int) -> TopK:
         order = np.take_along_axis(head, np.argsort(np.take_along_axis(key, head, 1), 1), 1)
     else:
         order = np.argsort(key, axis=1)
-    return TopK(
-        np.take_along_axis(score, order, 1),
-        np.take_along_axis(image, order, 1),
-        np.take_along_axis(pos, order, 1),
+    rows = np.arange(score.shape[0])[:, None]
+    return TopK(score[rows, order], image[rows, order], pos[rows, order])
+
+
+def merge_layers(parts: Sequence[LayerPartial], k: int) -> LayerPartial:
+    """Combine the partials of one layer over disjoint image sets."""
+    first = parts[0]
+    shape = (first.channels, first.height, first.width)
+    for part in parts[1:]:
+        if (part.channels, part.height, part.width) != shape:
+            raise ValueError(
+                f"cannot merge partials of shapes {shape} and "
+                f"{(part.channels, part.height, part.width)}"
+            )
+
+    def total(field: str) -> Any:
+        return functools.reduce(np.add, (getattr(part, field) for part in parts))
+
+    return LayerPartial(
+        height=first.height,
+        width=first.width,
+        top_max=_merge_topk([part.top_max for part in parts], k),
+        top_mean=_merge_topk([part.top_mean for part in parts], k),
+        count=sum(part.count for part in parts),
+        total=total("total"),
+        total_sq=total("total_sq"),
+        max=functools.reduce(np.maximum, (part.max for part in parts)),
+        nonpos=total("nonpos"),
+        mean_sum=total("mean_sum"),
+        mean_sq=total("mean_sq"),
+        hist=total("hist"),
     )
 
 
 def merge_layer(a: LayerPartial, b: LayerPartial, k: int) -> LayerPartial:
-    if (a.channels, a.height, a.width) != (b.channels, b.height, b.width):
-        raise ValueError(
-            f"cannot merge partials of shapes {(a.channels, a.height, a.width)} and "
-            f"{(b.channels, b.height, b.width)}"
-        )
-    return LayerPartial(
-        height=a.height,
-        width=a.width,
-        top_max=_merge_topk(a.top_max, b.top_max, k),
-        top_mean=_merge_topk(a.top_mean, b.top_mean, k),
-        count=a.count + b.count,
-        total=a.total + b.total,
-        total_sq=a.total_sq + b.total_sq,
-        max=np.maximum(a.max, b.max),
-        nonpos=a.nonpos + b.nonpos,
-        mean_sum=a.mean_sum + b.mean_sum,
-        mean_sq=a.mean_sq + b.mean_sq,
-        hist=a.hist + b.hist,
-    )
+    return merge_layers([a, b], k)
+
+
+def merge_all(parts: Sequence[Partial]) -> Partial:
+    """Combine partials of disjoint image sets at once: what folding :func:`merge` over them
+    gives (the same top-k; sums up to float64 rounding), with one selection per layer
+    instead of one per pair. Layers that share one partial object (modules returning the
+    same tensor, reduced once by :func:`map_batch`) are merged once and stay shared."""
+    if not parts:
+        raise ValueError("nothing to merge")
+    k, names = parts[0].k, parts[0].layers.keys()
+    if any(p.k != k or p.layers.keys() != names for p in parts):
+        raise ValueError("cannot merge partials of different layers or k")
+    done: dict[tuple[int, ...], LayerPartial] = {}
+    layers = {}
+    for name in names:
+        group = [p.layers[name] for p in parts]
+        key = tuple(id(layer) for layer in group)
+        found = done.get(key)
+        if found is None:
+            found = done[key] = group[0] if len(group) == 1 else merge_layers(group, k)
+        layers[name] = found
+    return Partial(k, layers)
 
 
 def merge(a: Partial, b: Partial) -> Partial:
     """Combine two partials of disjoint image sets (associative, commutative, exact top-k)."""
-    if a.k != b.k or a.layers.keys() != b.layers.keys():
-        raise ValueError("cannot merge partials of different layers or k")
-    return Partial(
-        a.k, {name: merge_layer(a.layers[name], b.layers[name], a.k) for name in a.layers}
-    )
+    return merge_all([a, b])
 
 
 def _stats_torch(flat: torch.Tensor) -> tuple[npt.NDArray[Any], ...]:
@@ -223,52 +251,90 @@ def _stats(maps: torch.Tensor, pool: Executor | None, parts: int) -> tuple[npt.N
     return found.peak, found.where, found.total, found.squares, found.nonpos
 
 
-def _reduce(
-    maps: torch.Tensor, first: int, k: int, pool: Executor | None = None, parts: int = 1
-) -> tuple[LayerPartial, Scores]:
-    """One layer's output ``Tensor[B, C, H, W]`` -> its partial and the batch's scores."""
+@dataclass
+class _Raw:
+    """One distinct layer output's statistics, ``[B, C]`` each, before the batch is finished."""
+
+    height: int
+    width: int
+    peak: npt.NDArray[np.float32]
+    where: npt.NDArray[Any]
+    total: npt.NDArray[np.float64]
+    squares: npt.NDArray[np.float64]
+    nonpos: npt.NDArray[Any]
+
+
+def _raw(maps: torch.Tensor, pool: Executor | None = None, parts: int = 1) -> _Raw:
     batch, channels, height, width = maps.shape
     peak, where, total, squares, nonpos = (
         a.reshape(batch, channels) for a in _stats(maps, pool, parts)
     )
-    peak = peak.astype(np.float32, copy=False)
-    mean64 = total / (height * width)
+    return _Raw(height, width, peak.astype(np.float32, copy=False), where, total, squares, nonpos)
+
+
+def _finish(raws: Sequence[_Raw], first: int, k: int) -> list[tuple[LayerPartial, Scores]]:
+    """The partials and scores of a batch's layers, from their raw statistics.
+
+    The layers' channels are laid side by side (``[B, sum C]``) so that the histogram, the
+    top-k selection and the column sums run once per batch, not once per layer: per-layer
+    numpy calls on small arrays were most of a batch's bookkeeping (~190 layers' worth).
+    """
+    if not raws:
+        return []
+    batch = raws[0].peak.shape[0]
+    widths = [r.peak.shape[1] for r in raws]
+    peak = np.concatenate([r.peak for r in raws], axis=1)
+    where = np.concatenate([r.where for r in raws], axis=1).astype(np.int32)
+    total = np.concatenate([r.total for r in raws], axis=1)
+    squares = np.concatenate([r.squares for r in raws], axis=1)
+    nonpos = np.concatenate([r.nonpos for r in raws], axis=1)
+    positions = np.repeat([float(r.height * r.width) for r in raws], widths)
+    mean64 = total / positions
     mean = mean64.astype(np.float32)
-    where32 = where.astype(np.int32)
-    images = np.arange(first, first + batch, dtype=np.int32)
-    bins = np.searchsorted(HIST_EDGES, peak, side="right")  # [B, C] in 0 .. HIST_BINS - 1
-    cells = (np.arange(channels) * HIST_BINS)[None, :] + bins
-    hist = np.bincount(cells.ravel(), minlength=channels * HIST_BINS)
+    columns = peak.shape[1]
+    bins = np.searchsorted(HIST_EDGES, peak, side="right")  # [B, sum C] in 0 .. HIST_BINS - 1
+    cells = (np.arange(columns) * HIST_BINS)[None, :] + bins
+    hist = np.bincount(cells.ravel(), minlength=columns * HIST_BINS).reshape(columns, HIST_BINS)
     # Each image a candidate; the mean ranking keeps the image's argmax position.
-    by_image = np.broadcast_to(images[None, :], (channels, batch))
-    none = _empty_topk(channels)
-    top_max = _merge_topk(none, TopK(peak.T.copy(), by_image.copy(), where32.T.copy()), k)
-    top_mean = _merge_topk(none, TopK(mean.T.copy(), by_image.copy(), where32.T.copy()), k)
-    partial = LayerPartial(
-        height=height,
-        width=width,
-        top_max=top_max,
-        top_mean=top_mean,
-        count=batch,
-        total=total.sum(0),
-        total_sq=squares.sum(0),
-        max=peak.max(axis=0),
-        nonpos=nonpos.sum(0).astype(np.int64),
-        mean_sum=mean64.sum(0),
-        mean_sq=(mean64 * mean64).sum(0),
-        hist=hist.reshape(channels, HIST_BINS).astype(np.int64),
-    )
-    return partial, Scores(peak, mean)
+    images = np.arange(first, first + batch, dtype=np.int32)
+    by_image = np.broadcast_to(images[None, :], (columns, batch))
+    where_t = where.T.copy()
+    top_max = _merge_topk([TopK(peak.T.copy(), by_image.copy(), where_t)], k)
+    top_mean = _merge_topk([TopK(mean.T.copy(), by_image.copy(), where_t)], k)
+    sums = {
+        "total": total.sum(0),
+        "total_sq": squares.sum(0),
+        "max": peak.max(axis=0),
+        "nonpos": nonpos.sum(0).astype(np.int64),
+        "mean_sum": mean64.sum(0),
+        "mean_sq": (mean64 * mean64).sum(0),
+    }
+    out = []
+    start = 0
+    for raw, width in zip(raws, widths, strict=True):
+        cut = slice(start, start + width)
+        start += width
+        partial = LayerPartial(
+            height=raw.height,
+            width=raw.width,
+            top_max=TopK(top_max.score[cut], top_max.image[cut], top_max.pos[cut]),
+            top_mean=TopK(top_mean.score[cut], top_mean.image[cut], top_mean.pos[cut]),
+            count=batch,
+            hist=hist[cut].astype(np.int64),
+            **{name: values[cut] for name, values in sums.items()},
+        )
+        out.append((partial, Scores(peak[:, cut], mean[:, cut])))
+    return out
 
 
 def reduce_maps(
     maps: Mapping[str, torch.Tensor], first: int, k: int
 ) -> tuple[Partial, dict[str, Scores]]:
     """The partial of a batch from its feature maps ``{layer: Tensor[B, C, H, W]}``."""
-    layers: dict[str, LayerPartial] = {}
-    scores: dict[str, Scores] = {}
-    for name, tensor in maps.items():
-        layers[name], scores[name] = _reduce(tensor, first, k)
+    names = list(maps)
+    done = _finish([_raw(maps[name]) for name in names], first, k)
+    layers = {name: found[0] for name, found in zip(names, done, strict=True)}
+    scores = {name: found[1] for name, found in zip(names, done, strict=True)}
     return Partial(k, layers), scores
 
 
@@ -286,9 +352,9 @@ def map_batch(
     layer's maps at a time beyond what the forward itself needs. The caller serialises
     forwards that install hooks on a shared model (``LoadedModel.lock``).
     """
-    layers: dict[str, LayerPartial] = {}
-    scores: dict[str, Scores] = {}
-    seen: dict[tuple[int, int, tuple[int, ...]], tuple[LayerPartial, Scores]] = {}
+    raws: list[_Raw] = []
+    slot: dict[str, int] = {}  # layer name -> its output's position in raws
+    seen: dict[tuple[int, int, tuple[int, ...]], int] = {}
     parts = torch.get_num_threads()
 
     def make_hook(name: str) -> Any:
@@ -298,8 +364,9 @@ def map_batch(
             key = (output.data_ptr(), output._version, tuple(output.shape))
             found = seen.get(key)
             if found is None:
-                found = seen[key] = _reduce(output, first, k, pool, parts)
-            layers[name], scores[name] = found
+                found = seen[key] = len(raws)
+                raws.append(_raw(output, pool, parts))
+            slot[name] = found
 
         return hook
 
@@ -309,7 +376,10 @@ def map_batch(
         # no_grad, not inference_mode: the de-duplication reads version counters.
         with eval_mode(module), torch.no_grad():
             module(x)
-    missing = [name for name in targets if name not in layers]
+    missing = [name for name in targets if name not in slot]
     if missing:
         raise ValueError(f"layers without a [B, C, H, W] output in the forward pass: {missing}")
+    done = _finish(raws, first, k)
+    layers = {name: done[slot[name]][0] for name in targets}
+    scores = {name: done[slot[name]][1] for name in targets}
     return Partial(k, layers), scores

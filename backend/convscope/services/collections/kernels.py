@@ -29,7 +29,7 @@ import numpy.typing as npt
 
 log = logging.getLogger(__name__)
 
-_compiled: tuple[Callable[..., None], Callable[..., None]] | None = None
+_compiled: Callable[..., None] | None = None
 _compile_lock = threading.Lock()
 # Reordering float32 sums, not 'nnan'/'ninf': NaN and inf keep their meaning.
 _FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
@@ -53,46 +53,25 @@ def _sums_py(
         nonpos[r] = c
 
 
-def _where_py(
-    flat: Any, peak: Any, where: Any
-) -> None:  # pragma: no cover - compiled by numba; its Python body runs only there
-    rows, width = flat.shape
-    for r in range(rows):
-        best = peak[r]
-        at = 0
-        if best == best:
-            for i in range(width):  # the first position of the maximum
-                if flat[r, i] == best:
-                    at = i
-                    break
-        else:
-            for i in range(width):  # a NaN is the maximum: its first position, as in torch
-                if flat[r, i] != flat[r, i]:
-                    at = i
-                    break
-        where[r] = at
-
-
 def _part(flat: Any, peak: Any, where: Any, total: Any, squares: Any, nonpos: Any) -> None:
-    sums, find = _kernels()
-    np.max(flat, axis=1, out=peak)  # SIMD, and NaN-propagating like torch
-    sums(flat, total, squares, nonpos)
-    find(flat, peak, where)
+    # numpy's argmax is SIMD and means what torch.max(dim) means: the first position of the
+    # maximum, a NaN the maximum; the max is read at it (a pass less than max + argmax)
+    np.argmax(flat, axis=1, out=where)
+    peak[:] = flat[np.arange(flat.shape[0]), where]
+    _kernel()(flat, total, squares, nonpos)
 
 
-def _kernels() -> tuple[Callable[..., None], Callable[..., None]]:
+def _kernel() -> Callable[..., None]:
     global _compiled
     with _compile_lock:
         if _compiled is None:
             import numba
 
             try:
-                jit = numba.njit(nogil=True, cache=True, fastmath=_FASTMATH)
-                _compiled = (jit(_sums_py), jit(_where_py))
+                _compiled = numba.njit(nogil=True, cache=True, fastmath=_FASTMATH)(_sums_py)
             except RuntimeError:  # no writable cache location (a read-only install)
-                log.info("numba cache unavailable; compiling the index kernels in memory")
-                jit = numba.njit(nogil=True, fastmath=_FASTMATH)
-                _compiled = (jit(_sums_py), jit(_where_py))
+                log.info("numba cache unavailable; compiling the index kernel in memory")
+                _compiled = numba.njit(nogil=True, fastmath=_FASTMATH)(_sums_py)
         return _compiled
 
 

@@ -41,7 +41,7 @@ from convscope.errors import (
 from convscope.render import encode
 from convscope.services.collections import builtin, indexfiles
 from convscope.services.collections import examples as ex
-from convscope.services.collections.index import empty, map_batch, merge
+from convscope.services.collections.index import empty, map_batch, merge_all
 from convscope.services.collections.ingest import (
     Item,
     Limits,
@@ -53,7 +53,7 @@ from convscope.services.collections.ingest import (
     resolve_folder,
 )
 from convscope.services.collections.store import Collection, CollectionStore
-from convscope.services.compute.jobs import JobContext, JobRunner, JobStatus, cache_key
+from convscope.services.compute.jobs import JobContext, JobRunner, JobSpec, JobStatus, cache_key
 from convscope.services.models.hooks import LayerTap, eval_mode
 from convscope.services.models.receptive import ReceptiveFields
 from convscope.services.models.registry import LoadedModel, ModelRegistry
@@ -65,6 +65,8 @@ log = logging.getLogger(__name__)
 
 MAX_K = 64
 BATCH = 16
+MERGE_EVERY = 8  # batch partials merged at once: one top-k selection per layer, not eight
+INDEX_JOB = "collection-index"  # the JobSpec kind of Collections.index
 
 
 @dataclass(frozen=True)
@@ -279,8 +281,12 @@ class Collections:
             summary = self.build(model, cid, chosen, request.k, ctx.progress)
             return json.dumps(summary).encode()
 
+        # On a cluster the job is rebuilt from this spec (services/cluster/worker.py).
+        spec = JobSpec(
+            INDEX_JOB, {"model": model_name, "collection": cid, "layers": chosen, "k": request.k}
+        )
         return self.jobs.submit(
-            key, work, total=len(collection.images), label=f"index {collection.name}"
+            key, work, total=len(collection.images), label=f"index {collection.name}", spec=spec
         )
 
     def index_now(
@@ -363,6 +369,7 @@ class Collections:
                 writer.copy_scores(old, len(indexed))
             else:
                 partial = empty(shapes, k)
+            pending = [partial]  # batch partials not merged yet: merged MERGE_EVERY at a time
             targets = {name: model.submodule(name) for name in layers}
             done: list[str] = list(indexed)
             total = len(present)
@@ -373,13 +380,16 @@ class Collections:
                 if ids:
                     with model.lock:
                         part, scores = map_batch(model.module, targets, x, len(done), k)
-                    partial = merge(partial, part)
+                    pending.append(part)
+                    if len(pending) >= MERGE_EVERY:
+                        pending = [merge_all(pending)]
                     writer.write_scores(len(done), scores)
                     done.extend(ids)
                 if progress is not None:
                     progress(min(start + batch_size, total), total)
             if not done:
                 raise EmptyCollectionError(cid)
+            partial = merge_all(pending)
             if not (self.store.folder(cid) / "collection.json").is_file():
                 raise UnknownCollectionError(cid)
             manifest = {
