@@ -77,6 +77,33 @@ def test_optimize_job_can_be_cancelled(client: TestClient) -> None:
     assert late.status_code == 409 and late.json()["code"] == "job_not_finished"
 
 
+def test_identical_optimize_requests_each_get_a_token(client: TestClient) -> None:
+    body = {"objectives": ["conv_head:11"], "steps": 1000, "size": 64}
+    first = client.post(f"{M}/optimize", json=body)
+    second = client.post(f"{M}/optimize", json=body)  # while the first is queued or running
+    assert first.status_code == second.status_code == 202, second.text
+    job_id = first.json()["id"]
+    assert second.json()["id"] == job_id  # one job for both
+    tokens = [first.json()["token"], second.json()["token"]]
+    assert all(tokens) and tokens[0] != tokens[1]
+    # One submitter's cancel leaves the job to the other (services/compute/jobs.py cancel).
+    kept = client.delete(f"/api/jobs/{job_id}", headers={"X-Job-Token": tokens[0]})
+    assert kept.status_code == 200 and kept.json()["state"] in ("queued", "running")
+    seen = kept.json()["step"]
+    deadline = time.monotonic() + 60
+    while client.get(f"/api/jobs/{job_id}").json()["step"] < seen + 2:  # it runs on
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert client.get(f"/api/jobs/{job_id}").json()["state"] == "running"
+    spent = client.delete(f"/api/jobs/{job_id}", headers={"X-Job-Token": tokens[0]})
+    assert spent.status_code == 403 and spent.json()["code"] == "job_token_invalid"
+    # Both tokens, as one client that submitted twice sends them: the job stops.
+    both = client.delete(f"/api/jobs/{job_id}", headers={"X-Job-Token": ",".join(tokens)})
+    assert both.status_code == 200
+    final = _wait(client, job_id)
+    assert final["state"] == "cancelled" and final["step"] < 1000
+
+
 @pytest.mark.parametrize(
     ("body", "status", "code", "fragment"),
     [

@@ -88,12 +88,15 @@ class FeatureVisualizer:
     def optimize(self, model_name: str, request: OptimizeRequest) -> JobStatus:
         """Queue (or find) the job that renders ``request``'s objectives; checks it first."""
         key, label, total, work = self._plan(model_name, request)
-        existing = self.jobs.find(key)
-        if existing is not None and existing.state not in ("failed", "cancelled"):
-            # Asked before: the same job, and if it is done, its result is the cached one.
-            return replace(existing, cached=True) if existing.state == "done" else existing
         spec = JobSpec("optimize", {"model": model_name, "request": request})
-        return self.jobs.submit(key, work, total=total, label=label, spec=spec)
+        return self._submit(key, work, total, label, spec)
+
+    def _submit(self, key: str, work: Work, total: int, label: str, spec: JobSpec) -> JobStatus:
+        """Submit through the job manager, so every submitter, even of work already queued,
+        running or done under ``key``, gets its own control token. A job answered done was
+        asked before (a new one is queued first): its result is the cached one."""
+        status = self.jobs.submit(key, work, total=total, label=label, spec=spec)
+        return replace(status, cached=True) if status.state == "done" else status
 
     def work_for(self, spec: JobSpec) -> Work:
         """Rebuild a job's work from its :class:`JobSpec` (a runner on another process)."""
@@ -171,7 +174,7 @@ class FeatureVisualizer:
             "deepdream",
             {"model": model_name, "image": image_id, "layer": layer, "settings": settings},
         )
-        return self.jobs.submit(key, work, total=total, label=label, spec=spec)
+        return self._submit(key, work, total, label, spec)
 
     def _dream_plan(
         self, model_name: str, image_id: str, layer: str, settings: DreamSettings
