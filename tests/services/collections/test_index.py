@@ -262,3 +262,55 @@ def test_index_is_keyed_by_the_weights(service: Convscope, indexed: str) -> None
         model.module.load_state_dict(saved)
         service.collections._model_keys.clear()
     assert service.collections.model_key(model) == key
+
+
+def test_every_spatial_module_reduced_from_its_own_output(service: Convscope) -> None:
+    """All 261 spatial modules of the default model in one pass: each layer's statistics are
+    those of its own output. A key by data address once merged layers whose tensors reused a
+    freed tensor's memory later in the pass (conv_stem and blocks.0.0.conv_dw, ...)."""
+    from convscope.services.collections.index import map_batch
+    from convscope.services.collections.service import spatial_layers
+
+    model = service.model(DEFAULT)
+    layers = spatial_layers(model)
+    named = dict(model.module.named_modules())
+    x = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    kept: dict[str, torch.Tensor] = {}
+    handles = [
+        named[layer].register_forward_hook(
+            lambda _m, _i, out, layer=layer: kept.__setitem__(layer, out.detach().clone())
+        )
+        for layer in layers
+    ]
+    try:
+        with torch.no_grad():
+            model.module(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    targets = {layer: named[layer] for layer in layers}
+    # Two forward passes of one input differ by float rounding (oneDNN's kernels are not
+    # bitwise repeatable): values with a tolerance, positions where they are not near-ties.
+    checked = channels = 0
+    for chunk in (None, 2):  # one forward, and the batch in chunks
+        partial, scores = map_batch(model.module, targets, x, 0, 4, chunk=chunk)
+        for layer in layers:
+            flat = kept[layer].flatten(2)  # [B, C, H*W]
+            peak, where = flat.max(2)
+            np.testing.assert_allclose(scores[layer].max, peak.numpy(), rtol=1e-4, atol=1e-5)
+            layer_partial = partial.layers[layer]
+            top = layer_partial.top_max
+            best = peak.argmax(0)  # per channel, the image with the highest max
+            second = peak.topk(2, dim=0).values[1]
+            clear = (peak.max(0).values - second > 1e-3).numpy()
+            np.testing.assert_array_equal(top.image[clear, 0], best.numpy()[clear], layer)
+            # the argmax position where the maximum stands out within the map
+            runner_up = flat.topk(2, dim=2).values[..., 1]
+            alone = (peak - runner_up > 1e-3).gather(0, best[None]).squeeze(0).numpy() & clear
+            expected_pos = where.gather(0, best[None]).squeeze(0).numpy()
+            np.testing.assert_array_equal(top.pos[alone, 0], expected_pos[alone], layer)
+            checked += int(alone.sum())
+            channels += alone.size
+            nonpos = (flat <= 0).sum((0, 2)).numpy()
+            assert np.abs(layer_partial.nonpos - nonpos).max() <= 2, layer
+    assert checked > channels / 2  # positions compared for most channels (ReLU6 ties aside)

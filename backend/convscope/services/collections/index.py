@@ -38,6 +38,7 @@ parts must agree on the partial's layout; split, each half would only make sense
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -338,39 +339,37 @@ def reduce_maps(
     return Partial(k, layers), scores
 
 
-def map_batch(
+def _forward_raws(
     module: nn.Module,
     targets: Mapping[str, nn.Module],
     x: torch.Tensor,
-    first: int,
-    k: int,
-) -> tuple[Partial, dict[str, Scores]]:
-    """Forward ``x`` (``Tensor[B, 3, S, S]``, standardised) once; reduce every target's output.
-
-    ``targets`` maps layer names to submodules of ``module``. Each output is reduced inside
-    its hook, before a later in-place op can change it, and then dropped: memory holds one
-    layer's maps at a time beyond what the forward itself needs. The caller serialises
-    forwards that install hooks on a shared model (``LoadedModel.lock``).
-    """
+    pool: Executor,
+    parts: int,
+) -> tuple[list[_Raw], dict[str, int]]:
+    """One forward pass with a hook on every target: each distinct output's raw statistics,
+    and for each layer name the position of its output in that list."""
     raws: list[_Raw] = []
-    slot: dict[str, int] = {}  # layer name -> its output's position in raws
-    seen: dict[tuple[int, int, tuple[int, ...]], int] = {}
-    parts = torch.get_num_threads()
+    slot: dict[str, int] = {}
+    # A module that returns its input (an Identity, a block returning its last layer's output)
+    # hands on the very tensor object, unchanged (same version): reduced once. Keyed by the
+    # object, checked through a weak reference: a freed tensor's address or id may come back
+    # for a new tensor of the same shape later in the pass, which must not match.
+    seen: dict[tuple[int, int], tuple[weakref.ref[torch.Tensor], int]] = {}
 
     def make_hook(name: str) -> Any:
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
             if not isinstance(output, torch.Tensor) or output.dim() != 4:
                 return
-            key = (output.data_ptr(), output._version, tuple(output.shape))
-            found = seen.get(key)
-            if found is None:
-                found = seen[key] = len(raws)
+            key = (id(output), output._version)
+            entry = seen.get(key)
+            if entry is None or entry[0]() is not output:
+                entry = seen[key] = (weakref.ref(output), len(raws))
                 raws.append(_raw(output, pool, parts))
-            slot[name] = found
+            slot[name] = entry[1]
 
         return hook
 
-    with ThreadPoolExecutor(parts) as pool, HookScope() as hooks:
+    with HookScope() as hooks:
         for name, target in targets.items():
             hooks.forward(target, make_hook(name))
         # no_grad, not inference_mode: the de-duplication reads version counters.
@@ -379,7 +378,52 @@ def map_batch(
     missing = [name for name in targets if name not in slot]
     if missing:
         raise ValueError(f"layers without a [B, C, H, W] output in the forward pass: {missing}")
-    done = _finish(raws, first, k)
+    return raws, slot
+
+
+def _stack(raws: Sequence[_Raw]) -> _Raw:
+    """One layer's raw statistics of consecutive chunks of a batch, as one."""
+    first = raws[0]
+    if len(raws) == 1:
+        return first
+    return _Raw(
+        first.height,
+        first.width,
+        *(
+            np.concatenate([getattr(raw, field) for raw in raws], axis=0)
+            for field in ("peak", "where", "total", "squares", "nonpos")
+        ),
+    )
+
+
+def map_batch(
+    module: nn.Module,
+    targets: Mapping[str, nn.Module],
+    x: torch.Tensor,
+    first: int,
+    k: int,
+    chunk: int | None = None,
+) -> tuple[Partial, dict[str, Scores]]:
+    """Forward ``x`` (``Tensor[B, 3, S, S]``, standardised) once; reduce every target's output.
+
+    ``targets`` maps layer names to submodules of ``module``. Each output is reduced inside
+    its hook, before a later in-place op can change it, and then dropped: memory holds one
+    layer's maps at a time beyond what the forward itself needs. With ``chunk``, the batch
+    goes through the network ``chunk`` images at a time (each image still in one forward
+    pass): a chunk's feature maps are still in the CPU's cache when its hooks read them, and
+    the batch's bookkeeping runs once. The caller serialises forwards that install hooks on
+    a shared model (``LoadedModel.lock``).
+    """
+    parts = torch.get_num_threads()
+    pieces = x.split(chunk) if chunk else (x,)
+    with ThreadPoolExecutor(parts) as pool:
+        found = [_forward_raws(module, targets, piece, pool, parts) for piece in pieces]
+    raws, slot = found[0]
+    for other_raws, other_slot in found[1:]:
+        if other_slot != slot or len(other_raws) != len(raws):
+            raise RuntimeError("the network's outputs differ between chunks of one batch")
+    stacked = [_stack([chunk_raws[i] for chunk_raws, _ in found]) for i in range(len(raws))]
+    done = _finish(stacked, first, k)
     layers = {name: done[slot[name]][0] for name in targets}
     scores = {name: done[slot[name]][1] for name in targets}
     return Partial(k, layers), scores
