@@ -381,49 +381,24 @@ def _forward_raws(
     return raws, slot
 
 
-def _stack(raws: Sequence[_Raw]) -> _Raw:
-    """One layer's raw statistics of consecutive chunks of a batch, as one."""
-    first = raws[0]
-    if len(raws) == 1:
-        return first
-    return _Raw(
-        first.height,
-        first.width,
-        *(
-            np.concatenate([getattr(raw, field) for raw in raws], axis=0)
-            for field in ("peak", "where", "total", "squares", "nonpos")
-        ),
-    )
-
-
 def map_batch(
     module: nn.Module,
     targets: Mapping[str, nn.Module],
     x: torch.Tensor,
     first: int,
     k: int,
-    chunk: int | None = None,
 ) -> tuple[Partial, dict[str, Scores]]:
     """Forward ``x`` (``Tensor[B, 3, S, S]``, standardised) once; reduce every target's output.
 
     ``targets`` maps layer names to submodules of ``module``. Each output is reduced inside
     its hook, before a later in-place op can change it, and then dropped: memory holds one
-    layer's maps at a time beyond what the forward itself needs. With ``chunk``, the batch
-    goes through the network ``chunk`` images at a time (each image still in one forward
-    pass): a chunk's feature maps are still in the CPU's cache when its hooks read them, and
-    the batch's bookkeeping runs once. The caller serialises forwards that install hooks on
-    a shared model (``LoadedModel.lock``).
+    layer's maps at a time beyond what the forward itself needs. The caller serialises
+    forwards that install hooks on a shared model (``LoadedModel.lock``).
     """
     parts = torch.get_num_threads()
-    pieces = x.split(chunk) if chunk else (x,)
     with ThreadPoolExecutor(parts) as pool:
-        found = [_forward_raws(module, targets, piece, pool, parts) for piece in pieces]
-    raws, slot = found[0]
-    for other_raws, other_slot in found[1:]:
-        if other_slot != slot or len(other_raws) != len(raws):
-            raise RuntimeError("the network's outputs differ between chunks of one batch")
-    stacked = [_stack([chunk_raws[i] for chunk_raws, _ in found]) for i in range(len(raws))]
-    done = _finish(stacked, first, k)
+        raws, slot = _forward_raws(module, targets, x, pool, parts)
+    done = _finish(raws, first, k)
     layers = {name: done[slot[name]][0] for name in targets}
     scores = {name: done[slot[name]][1] for name in targets}
     return Partial(k, layers), scores
