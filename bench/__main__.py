@@ -67,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         "PYTHONPATH=<another checkout>/backend to measure another version",
     )
     parser.add_argument(
+        "--server-only",
+        action="store_true",
+        help="only the rows measured against the server (with --server-env: another version's)",
+    )
+    parser.add_argument(
         "--cluster",
         action="store_true",
         help="only the Ray rows (bench/cluster.py): Serve's added latency, indexing on Ray",
@@ -129,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = table_rows(lat, loaded, idle, after, caches, cold_starts, total)
     rows += concurrent
+    if args.server_only:
+        print(f"convscope benchmark (server rows): {header}\n")  # noqa: T201
+        print(render(rows))  # noqa: T201
+        return 0 if loaded.requests == total and not loaded.errors else 1
     log.info("Grad-CAM against pytorch-grad-cam")
     with tempfile.TemporaryDirectory() as scratch:
         rows += cam_rows(Path(scratch), runs=2 if quick else 10)

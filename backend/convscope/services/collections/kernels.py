@@ -1,18 +1,17 @@
-"""One pass over a layer's feature maps: per row, max, argmax, sum, sum of squares, count <= 0.
+"""Per row of a layer's feature maps: max, argmax, sum, sum of squares, count of values <= 0.
 
-The index reduces every spatial module's output (101 distinct tensors a batch for
-EfficientNet-Lite0). torch computes these five statistics in five passes, two of them through
-full-size temporaries (the ``<= 0`` mask and its float copy); for maps above glibc's mmap
-threshold every temporary is page-faulted in anew. Measured side by side on this project's
-2-core machine, one thread (docs/performance.md, "Dataset examples"): 198 ms with torch vs
-25 ms with this loop for a ``16 x 96 x 112 x 112`` batch, 63 vs 9 ms at ``16 x 144 x 56 x
-56``, 2.7 vs 1.0 ms at ``16 x 1280 x 7 x 7``. So the loop is hand-written, compiled by numba
-(imported on first use: the idle server does not load it), with the GIL released, and the
-rows split over the intra-op thread count by the caller's pool.
+The index reduces every spatial module's output (140 distinct tensors a batch for
+EfficientNet-Lite0, 20 M values per image). torch computes these five statistics in five
+passes, two through full-size temporaries (the ``<= 0`` mask and its float copy; for maps
+above glibc's mmap threshold every temporary is page-faulted in anew), and its ``max(dim)``
+with indices is slow. Measured side by side, one thread (``python -m bench.collections``,
+docs/performance.md): 178 ms with torch vs 6.0 ms here for a ``16 x 96 x 112 x 112``
+batch, 66.6 vs 2.2 ms at ``16 x 144 x 56 x 56``, 2.8 vs 1.4 ms at ``16 x 1280 x 7 x 7``.
 
-Semantics match ``torch.max(dim)``: the first position of the maximum, and a NaN is the
-maximum (its first position). Sums are float32 over blocks of :data:`BLOCK` values (relative
-error about 1e-7), added in float64.
+So: numpy's SIMD ``argmax`` (the first position of the maximum, a NaN the maximum: what
+``torch.max(dim)`` means) with the max read at it, and one hand-written pass for the sums and
+the count, compiled by numba (imported on first use: an idle server does not load it),
+vectorised over float64 accumulators, with the GIL released so rows can be split over threads.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ log = logging.getLogger(__name__)
 _compiled: Callable[..., None] | None = None
 _compile_lock = threading.Lock()
 SPLIT_ABOVE = 1 << 20  # values per slice, at least
-# Reordering float32 sums, not 'nnan'/'ninf': NaN and inf keep their meaning.
+# Reordering the float64 sums (to vectorise), not 'nnan'/'ninf': NaN and inf keep their meaning
 _FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
 
 
