@@ -50,7 +50,9 @@ RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin convs
 USER convscope
 
 # The UI is served by the API too (same origin); the nginx front in docker-compose is optional.
-ENV CONVSCOPE_FRONTEND_DIR=/app/frontend
+# numba (the dataset index's kernel) caches its compiled code where the user can write.
+ENV CONVSCOPE_FRONTEND_DIR=/app/frontend \
+    NUMBA_CACHE_DIR=/tmp/numba-cache
 EXPOSE 8000
 VOLUME ["/data"]
 

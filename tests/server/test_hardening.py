@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from tests.server import payloads
 from tests.server.conftest import AUTH, TOKEN
-from tests.server.servers import Server, start_all
+from tests.server.servers import Server, read_response, start_all
 
 pytestmark = pytest.mark.slow
 M = "/api/models/efficientnet_lite0"
@@ -78,26 +78,6 @@ def _head(server: Server, sock: socket.socket, method: str, path: str, extra: st
     )
 
 
-def _read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    """Status, headers and the body (Content-Length bodies only) of one response."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"closed before a response: {data!r}")
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    length = int(headers.get("content-length", "0"))
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        body += chunk
-    return int(lines[0].split()[1]), headers, body
-
-
 def _code(body: bytes) -> str:
     return str(json.loads(body)["code"])
 
@@ -130,12 +110,12 @@ def test_watchers_are_bounded_on_their_own_and_need_no_thread(server: Server) ->
             for _ in range(3):
                 sock = _connect(server)
                 _head(server, sock, "GET", f"/api/jobs/{job}/events")
-                status, headers, _ = _read_response(sock)
+                status, headers, _ = read_response(sock)
                 assert status == 200 and headers["content-type"].startswith("text/event-stream")
                 streams.append(sock)
             sock = _connect(server)
             _head(server, sock, "GET", f"/api/jobs/{job}/events")
-            status, headers, refused = _read_response(sock)
+            status, headers, refused = read_response(sock)
             sock.close()
             assert (status, _code(refused)) == (429, "too_many_watchers")
             assert "CONVSCOPE_MAX_WATCHERS_PER_CLIENT" in json.loads(refused)["detail"]
@@ -190,14 +170,14 @@ def test_trickling_uploads_hold_no_compute_slot_and_time_out(server: Server) -> 
             time.sleep(0.3)
             sock = _connect(server)
             _head(server, sock, "POST", "/api/images", head)
-            status, _, refused = _read_response(sock)
+            status, _, refused = read_response(sock)
             sock.close()
             assert (status, _code(refused)) == (429, "too_many_uploads")
             started = time.monotonic()
             _assert_serving(client)
             _assert_serving(client)
             for sock in stalled:
-                status, headers, body = _read_response(sock)
+                status, headers, body = read_response(sock)
                 assert (status, _code(body)) == (408, "body_timeout")
                 assert "CONVSCOPE_BODY_IDLE_TIMEOUT_SECONDS" in json.loads(body)["detail"]
                 assert headers.get("connection") == "close"
@@ -234,7 +214,7 @@ def test_a_body_that_keeps_trickling_hits_the_read_timeout(server: Server) -> No
 
         thread = threading.Thread(target=drip)
         thread.start()
-        answered.append(_read_response(sock))
+        answered.append(read_response(sock))
         thread.join()
         status, _, body = answered[0]
         assert (status, _code(body)) == (408, "body_timeout")

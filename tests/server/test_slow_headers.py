@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.server.servers import Server, start_all
+from tests.server.servers import Server, read_response, start_all
 
 pytestmark = pytest.mark.slow
 TIMEOUT = 3.0  # CONVSCOPE_HEADER_TIMEOUT_SECONDS on the test server
@@ -61,25 +61,6 @@ def _head(server: Server) -> bytes:
     return f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n".encode()
 
 
-def _read_response(sock: socket.socket) -> Response:
-    """Status, headers and body (Content-Length) of one response."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"closed before a response: {data!r}")
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    while len(body) < int(headers.get("content-length", "0")):
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        body += chunk
-    return int(lines[0].split()[1]), headers, body
-
-
 def _refusal(sock: socket.socket, wait: float) -> Response | None:
     """The answer the server sends before any request, if one comes within ``wait`` s."""
     sock.settimeout(wait)
@@ -89,7 +70,7 @@ def _refusal(sock: socket.socket, wait: float) -> Response | None:
         return None
     finally:
         sock.settimeout(10)
-    return _read_response(sock) if first else None
+    return read_response(sock) if first else None
 
 
 def _slow(server: Server, sources: list[str], opened: list[socket.socket]) -> list[Slow]:
@@ -205,12 +186,12 @@ def test_keep_alive_idles_between_requests_without_a_header_timeout(
     sock = _connect(server, "127.0.0.9", sockets)
     request = _head(server) + b"\r\n"
     sock.sendall(request)
-    assert _read_response(sock)[0] == 200
+    assert read_response(sock)[0] == 200
     time.sleep(TIMEOUT + 0.7)
     sock.sendall(request[:10])  # within the deadline, in two parts
     time.sleep(1)
     sock.sendall(request[10:])
-    status, headers, _ = _read_response(sock)
+    status, headers, _ = read_response(sock)
     assert status == 200 and headers.get("connection") != "close"
     started = time.monotonic()
     sock.sendall(_head(server))  # a third request that never finishes its headers
