@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 import numpy as np
-import torch
 
 from convscope.config import Settings
 from convscope.render import colormap, overlay
@@ -172,8 +171,7 @@ class Convscope:
         finally:  # loaded or not: what is loaded now is frozen and the collector runs again
             freeze_heap()
             release_free_memory()
-            # the CUDA build's GPU libraries, when nothing here runs on a GPU; run-once code
-            release_library_pages(cpu_only=not torch.cuda.is_initialized())
+            release_library_pages()  # GPU libraries unused here, torch's run-once code
         return model
 
     def collect_leftovers(self) -> dict[str, int]:

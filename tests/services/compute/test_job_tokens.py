@@ -53,9 +53,10 @@ def test_each_submitter_gets_a_token_and_cancel_needs_one(jobs: JobManager) -> N
 
 def test_several_tokens_of_one_client_cancel_at_once(jobs: JobManager) -> None:
     gate = threading.Event()
-    tokens = [jobs.submit("k2", held_work(gate), total=10).token for _ in range(3)]
-    job = jobs.find("k2")
-    assert job is not None
+    submitted = [jobs.submit("k2", held_work(gate), total=10) for _ in range(3)]
+    tokens = [s.token for s in submitted]
+    job = jobs.status(submitted[0].id)
+    assert {s.id for s in submitted} == {job.id}
     stopped = jobs.cancel(job.id, ",".join(t for t in tokens if t))
     assert stopped.state in ("cancelled", "running")
     gate.set()

@@ -105,10 +105,6 @@ class RayJobManager:
             raise OverloadedError(answer["overloaded"], retry_after=answer["retry_after"])
         return _status(answer["job"], "")
 
-    def find(self, key: str) -> JobStatus | None:
-        found = self._call("find", key)
-        return None if found is None else _status(found, "")
-
     def status(self, job_id: str) -> JobStatus:
         if self._is_local(job_id):
             return self.local.status(job_id)

@@ -239,10 +239,6 @@ class JobTable:
         job = self._jobs.get(job_id)
         return None if job is None else self._snapshot(job)
 
-    async def find(self, key: str) -> dict[str, Any] | None:
-        job = self._jobs.get(self._by_key.get(key, ""))
-        return None if job is None else self._snapshot(job)
-
     async def preview(self, job_id: str) -> tuple[bool, bytes | None]:
         job = self._jobs.get(job_id)
         return (False, None) if job is None else (True, job["_preview"])

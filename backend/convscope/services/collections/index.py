@@ -8,13 +8,16 @@ manager nor the on-disk store, so a distributed engine can run the same code::
     map_batch(module: nn.Module, targets: Mapping[str, nn.Module], x: Tensor[B, 3, S, S],
               first: int, k: int) -> tuple[Partial, dict[str, Scores]]
     merge(a: Partial, b: Partial) -> Partial            # associative and commutative
+    merge_all(parts: Sequence[Partial]) -> Partial      # the same, many at once
     empty(channels: Mapping[str, int], k: int) -> Partial
 
 ``first`` is the position of the batch's first image in the collection's ordered image
 list; image references in a partial are those positions (``int32``). :func:`map_batch`
 runs ONE forward pass with a hook on every target module; each hook reduces its module's
-output at once (nothing of the feature maps is kept), and modules that return the very
-same tensor (an ``Identity``, a block returning its last layer's output) are reduced once.
+output at once to per-(image, channel) statistics (nothing of the feature maps is kept),
+modules that return the very same tensor object (an ``Identity``, a block returning its
+last layer's output) are reduced once, and the batch's histograms and top-k lists are then
+made for all layers side by side.
 
 What a :class:`LayerPartial` keeps per channel, all mergeable exactly:
 
@@ -198,10 +201,6 @@ def merge_layers(parts: Sequence[LayerPartial], k: int) -> LayerPartial:
         mean_sq=total("mean_sq"),
         hist=total("hist"),
     )
-
-
-def merge_layer(a: LayerPartial, b: LayerPartial, k: int) -> LayerPartial:
-    return merge_layers([a, b], k)
 
 
 def merge_all(parts: Sequence[Partial]) -> Partial:

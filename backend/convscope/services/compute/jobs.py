@@ -294,12 +294,6 @@ class JobManager:
         with self._lock:
             return self._snapshot(self._get(job_id))
 
-    def find(self, key: str) -> JobStatus | None:
-        """The job known under ``key``, if any."""
-        with self._lock:
-            job = self._jobs.get(self._by_key.get(key, ""))
-            return None if job is None else self._snapshot(job)
-
     def result_png(self, job_id: str) -> bytes:
         """The done job's PNG. Raises :class:`JobNotFinishedError` for other states."""
         with self._lock:
@@ -531,8 +525,6 @@ class JobRunner(Protocol):
         label: str = "",
         spec: JobSpec | None = None,
     ) -> JobStatus: ...
-
-    def find(self, key: str) -> JobStatus | None: ...
 
     def status(self, job_id: str) -> JobStatus: ...
 

@@ -173,14 +173,17 @@ def _library_ranges(smaps: str, pattern: re.Pattern[str]) -> list[tuple[int, int
     return [(int(a), int(b), bool(c)) for a, b, c in ranges]
 
 
-def release_library_pages(cpu_only: bool, smaps: Path = Path("/proc/self/smaps")) -> int:
+def release_library_pages(
+    cpu_only: bool | None = None, smaps: Path = Path("/proc/self/smaps")
+) -> int:
     """Unmap resident library pages an idle server does not need; returns the bytes advised.
 
     After ``import torch`` (CUDA build) and a model load, ~420 MiB of the process's resident
     set are pages of shared libraries (docs/performance.md, "Idle footprint"):
 
     * GPU libraries (libnvrtc, libcublasLt, libnvJitLink, libtorch_cuda, ...: ~270 MiB), which a
-      process computing on the CPU never touches again: all of their mappings (``cpu_only``);
+      process computing on the CPU never touches again: all of their mappings (``cpu_only``;
+      by default: this process has not initialised CUDA);
     * torch's CPU libraries (``libtorch_cpu.so``: 143 MiB resident), mostly code that ran once
       at import to register operators: their clean mappings only.
 
@@ -197,6 +200,8 @@ def release_library_pages(cpu_only: bool, smaps: Path = Path("/proc/self/smaps")
     except (OSError, AttributeError):
         return 0
     madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    if cpu_only is None:
+        cpu_only = not torch.cuda.is_initialized()
     plan = [
         (a, b, _MADV_DONTNEED) for a, b, clean in _library_ranges(text, _TORCH_LIBRARIES) if clean
     ]
