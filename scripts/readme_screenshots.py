@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,6 +50,17 @@ def visualise(page) -> None:
     page.wait_for_selector("#channel-fv[data-state='done']", timeout=180_000)
 
 
+def open_example(page) -> None:
+    """The unit page's dataset examples: the best one opened (whole image, box, overlay)."""
+    visualise(page)
+    page.wait_for_selector("#channel-examples .example-tile")
+    page.locator("#channel-examples .example-tile").first.click()
+    page.wait_for_selector("#channel-examples .examples-detail img")
+
+
+UNIT_LAYER = "blocks.2.0.conv_pwl"
+
+
 SHOTS = (
     Shot("main", lambda i: ""),  # the first screen of a bare URL
     Shot("phone", lambda i: "", width=390, height=844, full_page=False),
@@ -73,11 +85,41 @@ SHOTS = (
         before=visualise,
     ),
     Shot(
+        "unit_page",
+        lambda i: f"?layer={UNIT_LAYER}&image={i['cat']}&channel=3&coll={i['builtin']}",
+        full_page=True,
+        before=open_example,
+    ),
+    Shot(
         "attribution",
         lambda i: f"?layer=blocks.3.0.conv_pw&image={i['cat']}",
         scroll_to="#attribution",
     ),
 )
+
+
+def _call(url: str, body: dict[str, object] | None = None) -> dict[str, object]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request) as response:
+        found: dict[str, object] = json.load(response)
+        return found
+
+
+def index_builtin(base: str) -> str:
+    """Index the built-in collection (real photos) for the unit page's layer; its id."""
+    with urllib.request.urlopen(f"{base}/api/collections") as response:
+        cid = next(c["id"] for c in json.load(response) if c["name"] == "built-in photos")
+    job = _call(
+        f"{base}/api/models/efficientnet_lite0/collections/{cid}/index",
+        {"layers": [UNIT_LAYER], "k": 9},
+    )
+    while job["state"] not in ("done", "failed", "cancelled"):
+        time.sleep(1)
+        job = _call(f"{base}/api/jobs/{job['id']}")
+    if job["state"] != "done":
+        raise RuntimeError(f"indexing the built-in collection: {job}")
+    return str(cid)
 
 
 def image_ids(base: str) -> dict[str, str]:
@@ -128,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     with running_server() as server, sync_playwright() as playwright:
         ids = image_ids(server.url)
+        if any(shot.name == "unit_page" for shot in shots):
+            ids["builtin"] = index_builtin(server.url)
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"]
         )

@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from convscope.services.collections import indexfiles
+from convscope.services.collections.service import BATCH
 from convscope.services.facade import Convscope
 from tests.services.cluster.conftest import start_cluster
 from tests.services.cluster.localray import REPO, LocalRay, ray_env, wait_for
@@ -121,7 +122,7 @@ def cluster() -> Iterator[LocalRay]:
 
 
 def _options(**kwargs: Any) -> dict[str, Any]:
-    return {"batch_size": 16, "actors": 1, "max_actors": 1, "cpus": 0.5} | kwargs
+    return {"batch_size": BATCH, "actors": 1, "max_actors": 1, "cpus": 0.5} | kwargs
 
 
 def test_ray_data_index_equals_the_one_process_index(

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from convscope.services.collections import indexfiles
+from convscope.services.collections.service import BATCH
 from convscope.services.facade import Convscope
 from tests.conftest import DEFAULT
 from tests.server.servers import Server, start_all
@@ -218,7 +219,7 @@ def test_index_job_through_one_followed_through_the_other(
     body = summary.json()
     assert body["collection"] == cid and body["images"] == 24 and body["new"] == 24
     assert body["layers"] == len(LAYERS) and body["skipped"] == []
-    assert sum(body["nodes"].values()) == 2  # 24 images in batches of 16, on Ray Data
+    assert sum(body["nodes"].values()) == -(-24 // BATCH)  # the batches, on Ray Data
     # The index equals the one-process index of the same images, and both processes serve it.
     # Same torch threads as the pool's actors (the servers' 1): the same float sums.
     reference = new_collection(service, photos, "cluster index reference")

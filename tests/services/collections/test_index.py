@@ -23,8 +23,8 @@ from convscope.services.collections.index import (
     empty,
     merge,
     merge_all,
-    reduce_maps,
 )
+from convscope.services.collections.stream import reduce_maps
 from convscope.services.facade import Convscope
 from tests.services.collections.conftest import DEFAULT, LAYERS, new_collection
 
@@ -268,8 +268,8 @@ def test_every_spatial_module_reduced_from_its_own_output(service: Convscope) ->
     """All 261 spatial modules of the default model in one pass: each layer's statistics are
     those of its own output. A key by data address once merged layers whose tensors reused a
     freed tensor's memory later in the pass (conv_stem and blocks.0.0.conv_dw, ...)."""
-    from convscope.services.collections.index import map_batch
     from convscope.services.collections.service import spatial_layers
+    from convscope.services.collections.stream import map_batch
 
     model = service.model(DEFAULT)
     layers = spatial_layers(model)
@@ -314,3 +314,63 @@ def test_every_spatial_module_reduced_from_its_own_output(service: Convscope) ->
             nonpos = (flat <= 0).sum((0, 2)).numpy()
             assert np.abs(layer_partial.nonpos - nonpos).max() <= 2, layer
     assert checked > channels / 2  # positions compared for most channels (ReLU6 ties aside)
+
+
+def test_stream_equals_the_merge_of_batch_partials(service: Convscope) -> None:
+    """Folding batches in place, the argmax searched only where an image can still enter a
+    top-k, gives what merging every batch's full partial gives: the same top-k (positions
+    included), histograms and counts; sums up to float64 rounding. With k=2 over 6 batches,
+    most rows of the later batches skip the argmax."""
+    from convscope.services.collections.stream import IndexStream
+
+    model = service.model(DEFAULT)
+    targets = {layer: model.submodule(layer) for layer in (*LAYERS, "blocks.0", "blocks.0.0")}
+    rng = torch.Generator().manual_seed(5)
+    batches = [torch.randn(3, 3, 128, 128, generator=rng) for _ in range(6)]
+    k = 2
+    stream = IndexStream(model.module, targets, k)
+    # the reference reduces the very maps the stream saw (two forward passes of one input
+    # differ by float rounding): every argmax searched, one partial a batch, merged
+    kept: dict[str, torch.Tensor] = {}
+    handles = [
+        module.register_forward_hook(
+            lambda _m, _i, out, layer=layer: kept.__setitem__(layer, out.detach().clone())
+        )
+        for layer, module in targets.items()
+    ]
+    parts = []
+    try:
+        for i, x in enumerate(batches):
+            got = stream.add(x)
+            part, scores = reduce_maps(kept, 3 * i, k)
+            parts.append(part)
+            for layer in targets:
+                np.testing.assert_array_equal(got[layer].max, scores[layer].max)
+                np.testing.assert_array_equal(got[layer].mean, scores[layer].mean)
+    finally:
+        for handle in handles:
+            handle.remove()
+    streamed = stream.partial()
+    _assert_equal(streamed, merge_all(parts))
+    # blocks.0 returns blocks.0.0's output: one partial object for both names
+    assert streamed.layers["blocks.0"] is streamed.layers["blocks.0.0"]
+    # a stream that starts from a partial (an incremental build) continues it exactly
+    resumed = IndexStream(model.module, targets, k, merge_all(parts[:4]), first=12)
+    for x in batches[4:]:
+        resumed.add(x)
+    _assert_equal(resumed.partial(), streamed)
+
+
+def test_layers_with_one_output_share_the_index_files(
+    service: Convscope, photos: list[tuple[str, bytes]]
+) -> None:
+    cid = new_collection(service, photos[:6], "shared-files")
+    layers = ["blocks.0", "blocks.0.0", "blocks.2", "blocks.2.0.conv_pwl"]
+    service.collections.build(service.model(DEFAULT), cid, layers, k=3)
+    reader = service.collections.reader(service.model(DEFAULT), cid)
+    files = reader.manifest["files"]
+    assert files[0] == files[1] and len(set(files)) == 3  # blocks.0 is blocks.0.0's output
+    stored = {p.name for p in reader.folder.iterdir()}
+    assert {f"scores-{f}.npy" for f in files} <= stored and "scores-1.npy" not in stored
+    np.testing.assert_array_equal(reader.scores("blocks.0"), reader.scores("blocks.0.0"))
+    assert reader.layer("blocks.0").count == 6

@@ -49,8 +49,9 @@ from convscope.errors import (
 )
 from convscope.services.cluster.jobs import connect
 from convscope.services.collections import indexfiles
-from convscope.services.collections.index import Partial, Scores, empty, map_batch, merge
-from convscope.services.collections.service import Collections
+from convscope.services.collections.index import Partial, Scores, empty, merge
+from convscope.services.collections.service import BATCH, Collections
+from convscope.services.collections.stream import map_batch
 from convscope.services.compute.runtime import configure_threads
 from convscope.services.models.registry import LoadedModel, ModelRegistry
 from convscope.services.storage.images import ImageStore
@@ -69,7 +70,7 @@ class RayIndexOptions:
     """How the actor pool is sized: ``actors`` to ``max_actors`` actors (the pool grows onto
     nodes that join mid-run), each with ``cpus`` CPUs and ``gpus`` GPUs."""
 
-    batch_size: int = 16
+    batch_size: int = BATCH  # as the one-process build: the same forwards, the same sums
     actors: int = 1
     max_actors: int = 1
     cpus: float = 0.5

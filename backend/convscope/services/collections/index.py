@@ -1,23 +1,16 @@
-"""The index computation: a map over batches of images, and an exact associative merge.
+"""The index's partial results and their exact associative merge.
 
 Plain functions over plain data (numpy arrays in dataclasses), tied to neither the job
 manager nor the on-disk store, so a distributed engine can run the same code::
 
-    reduce_maps(maps: Mapping[str, Tensor[B, C, H, W]], first: int, k: int)
-        -> tuple[Partial, dict[str, Scores]]
-    map_batch(module: nn.Module, targets: Mapping[str, nn.Module], x: Tensor[B, 3, S, S],
-              first: int, k: int) -> tuple[Partial, dict[str, Scores]]
     merge(a: Partial, b: Partial) -> Partial            # associative and commutative
     merge_all(parts: Sequence[Partial]) -> Partial      # the same, many at once
     empty(channels: Mapping[str, int], k: int) -> Partial
 
-``first`` is the position of the batch's first image in the collection's ordered image
-list; image references in a partial are those positions (``int32``). :func:`map_batch`
-runs ONE forward pass with a hook on every target module; each hook reduces its module's
-output at once to per-(image, channel) statistics (nothing of the feature maps is kept),
-modules that return the very same tensor object (an ``Identity``, a block returning its
-last layer's output) are reduced once, and the batch's histograms and top-k lists are then
-made for all layers side by side.
+The map (a batch of images to its partial) is in :mod:`stream`: ``map_batch`` for one batch,
+``IndexStream`` folding batch after batch into one partial in place (what merging the
+batches' partials gives). Image references in a partial are the images' positions in the
+collection's ordered image list (``int32``).
 
 What a :class:`LayerPartial` keeps per channel, all mergeable exactly:
 
@@ -34,26 +27,17 @@ Sums are float64 and merge by addition: equal to a one-pass result up to float64
 :class:`Scores` are the per-image per-channel max and mean of a batch (``float32[B, C]``),
 what the driver writes to disk for the z-score look-up; they are not merged.
 
-Over 300 lines: the map, the reductions and the exact merge are one computation whose
-parts must agree on the partial's layout; split, each half would only make sense with the other.
 """
 
 from __future__ import annotations
 
 import functools
-import weakref
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import torch
-from torch import nn
-
-from convscope.services.collections.kernels import row_stats
-from convscope.services.models.hooks import HookScope, eval_mode
 
 # Fixed histogram edges for per-image maxima: 0, and +-2^(-6 .. 8) in quarter octaves.
 _POSITIVE = 2.0 ** np.arange(-6.0, 8.25, 0.5)
@@ -228,176 +212,3 @@ def merge_all(parts: Sequence[Partial]) -> Partial:
 def merge(a: Partial, b: Partial) -> Partial:
     """Combine two partials of disjoint image sets (associative, commutative, exact top-k)."""
     return merge_all([a, b])
-
-
-def _stats_torch(flat: torch.Tensor) -> tuple[npt.NDArray[Any], ...]:
-    """The five statistics with torch ops (on an accelerator, where the maps live)."""
-    peak, where = flat.max(dim=1)
-    total = flat.sum(dim=1, dtype=torch.float64)
-    squares = torch.linalg.vector_norm(flat, dim=1).double().square()
-    nonpos = (flat <= 0).sum(dim=1)
-    return tuple(t.cpu().numpy() for t in (peak, where, total, squares, nonpos))
-
-
-def _stats(maps: torch.Tensor, pool: Executor | None, parts: int) -> tuple[npt.NDArray[Any], ...]:
-    """``(peak, where, total, squares, nonpos)``, each ``[B * C]``, of ``Tensor[B, C, H, W]``."""
-    batch, channels, height, width = maps.shape
-    flat = maps.detach().reshape(batch * channels, height * width)
-    if flat.dtype != torch.float32:
-        flat = flat.float()
-    if flat.device.type != "cpu":
-        return _stats_torch(flat)
-    found = row_stats(flat.contiguous().numpy(), pool, parts)
-    return found.peak, found.where, found.total, found.squares, found.nonpos
-
-
-@dataclass
-class _Raw:
-    """One distinct layer output's statistics, ``[B, C]`` each, before the batch is finished."""
-
-    height: int
-    width: int
-    peak: npt.NDArray[np.float32]
-    where: npt.NDArray[Any]
-    total: npt.NDArray[np.float64]
-    squares: npt.NDArray[np.float64]
-    nonpos: npt.NDArray[Any]
-
-
-def _raw(maps: torch.Tensor, pool: Executor | None = None, parts: int = 1) -> _Raw:
-    batch, channels, height, width = maps.shape
-    peak, where, total, squares, nonpos = (
-        a.reshape(batch, channels) for a in _stats(maps, pool, parts)
-    )
-    return _Raw(height, width, peak.astype(np.float32, copy=False), where, total, squares, nonpos)
-
-
-def _finish(raws: Sequence[_Raw], first: int, k: int) -> list[tuple[LayerPartial, Scores]]:
-    """The partials and scores of a batch's layers, from their raw statistics.
-
-    The layers' channels are laid side by side (``[B, sum C]``) so that the histogram, the
-    top-k selection and the column sums run once per batch, not once per layer: per-layer
-    numpy calls on small arrays were most of a batch's bookkeeping (~190 layers' worth).
-    """
-    if not raws:
-        return []
-    batch = raws[0].peak.shape[0]
-    widths = [r.peak.shape[1] for r in raws]
-    peak = np.concatenate([r.peak for r in raws], axis=1)
-    where = np.concatenate([r.where for r in raws], axis=1).astype(np.int32)
-    total = np.concatenate([r.total for r in raws], axis=1)
-    squares = np.concatenate([r.squares for r in raws], axis=1)
-    nonpos = np.concatenate([r.nonpos for r in raws], axis=1)
-    positions = np.repeat([float(r.height * r.width) for r in raws], widths)
-    mean64 = total / positions
-    mean = mean64.astype(np.float32)
-    columns = peak.shape[1]
-    bins = np.searchsorted(HIST_EDGES, peak, side="right")  # [B, sum C] in 0 .. HIST_BINS - 1
-    cells = (np.arange(columns) * HIST_BINS)[None, :] + bins
-    hist = np.bincount(cells.ravel(), minlength=columns * HIST_BINS).reshape(columns, HIST_BINS)
-    # Each image a candidate; the mean ranking keeps the image's argmax position.
-    images = np.arange(first, first + batch, dtype=np.int32)
-    by_image = np.broadcast_to(images[None, :], (columns, batch))
-    where_t = where.T.copy()
-    top_max = _merge_topk([TopK(peak.T.copy(), by_image.copy(), where_t)], k)
-    top_mean = _merge_topk([TopK(mean.T.copy(), by_image.copy(), where_t)], k)
-    sums = {
-        "total": total.sum(0),
-        "total_sq": squares.sum(0),
-        "max": peak.max(axis=0),
-        "nonpos": nonpos.sum(0).astype(np.int64),
-        "mean_sum": mean64.sum(0),
-        "mean_sq": (mean64 * mean64).sum(0),
-    }
-    out = []
-    start = 0
-    for raw, width in zip(raws, widths, strict=True):
-        cut = slice(start, start + width)
-        start += width
-        partial = LayerPartial(
-            height=raw.height,
-            width=raw.width,
-            top_max=TopK(top_max.score[cut], top_max.image[cut], top_max.pos[cut]),
-            top_mean=TopK(top_mean.score[cut], top_mean.image[cut], top_mean.pos[cut]),
-            count=batch,
-            hist=hist[cut].astype(np.int64),
-            **{name: values[cut] for name, values in sums.items()},
-        )
-        out.append((partial, Scores(peak[:, cut], mean[:, cut])))
-    return out
-
-
-def reduce_maps(
-    maps: Mapping[str, torch.Tensor], first: int, k: int
-) -> tuple[Partial, dict[str, Scores]]:
-    """The partial of a batch from its feature maps ``{layer: Tensor[B, C, H, W]}``."""
-    names = list(maps)
-    done = _finish([_raw(maps[name]) for name in names], first, k)
-    layers = {name: found[0] for name, found in zip(names, done, strict=True)}
-    scores = {name: found[1] for name, found in zip(names, done, strict=True)}
-    return Partial(k, layers), scores
-
-
-def _forward_raws(
-    module: nn.Module,
-    targets: Mapping[str, nn.Module],
-    x: torch.Tensor,
-    pool: Executor,
-    parts: int,
-) -> tuple[list[_Raw], dict[str, int]]:
-    """One forward pass with a hook on every target: each distinct output's raw statistics,
-    and for each layer name the position of its output in that list."""
-    raws: list[_Raw] = []
-    slot: dict[str, int] = {}
-    # A module that returns its input (an Identity, a block returning its last layer's output)
-    # hands on the very tensor object, unchanged (same version): reduced once. Keyed by the
-    # object, checked through a weak reference: a freed tensor's address or id may come back
-    # for a new tensor of the same shape later in the pass, which must not match.
-    seen: dict[tuple[int, int], tuple[weakref.ref[torch.Tensor], int]] = {}
-
-    def make_hook(name: str) -> Any:
-        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            if not isinstance(output, torch.Tensor) or output.dim() != 4:
-                return
-            key = (id(output), output._version)
-            entry = seen.get(key)
-            if entry is None or entry[0]() is not output:
-                entry = seen[key] = (weakref.ref(output), len(raws))
-                raws.append(_raw(output, pool, parts))
-            slot[name] = entry[1]
-
-        return hook
-
-    with HookScope() as hooks:
-        for name, target in targets.items():
-            hooks.forward(target, make_hook(name))
-        # no_grad, not inference_mode: the de-duplication reads version counters.
-        with eval_mode(module), torch.no_grad():
-            module(x)
-    missing = [name for name in targets if name not in slot]
-    if missing:
-        raise ValueError(f"layers without a [B, C, H, W] output in the forward pass: {missing}")
-    return raws, slot
-
-
-def map_batch(
-    module: nn.Module,
-    targets: Mapping[str, nn.Module],
-    x: torch.Tensor,
-    first: int,
-    k: int,
-) -> tuple[Partial, dict[str, Scores]]:
-    """Forward ``x`` (``Tensor[B, 3, S, S]``, standardised) once; reduce every target's output.
-
-    ``targets`` maps layer names to submodules of ``module``. Each output is reduced inside
-    its hook, before a later in-place op can change it, and then dropped: memory holds one
-    layer's maps at a time beyond what the forward itself needs. The caller serialises
-    forwards that install hooks on a shared model (``LoadedModel.lock``).
-    """
-    parts = torch.get_num_threads()
-    with ThreadPoolExecutor(parts) as pool:
-        raws, slot = _forward_raws(module, targets, x, pool, parts)
-    done = _finish(raws, first, k)
-    layers = {name: done[slot[name]][0] for name in targets}
-    scores = {name: done[slot[name]][1] for name in targets}
-    return Partial(k, layers), scores

@@ -7,6 +7,9 @@ Layout, under a collection's folder::
     indexes/<model key>/gen-<uuid>/layer-<i>.npz   top-k lists and statistics (small)
     indexes/<model key>/gen-<uuid>/scores-<i>.npy  float16[N, 2, C]: per-image max, mean
 
+``<i>`` is the manifest's ``files[j]`` for its ``layers[j]``: layers with the same output
+tensor share one pair of files.
+
 ``<model key>`` is a hash of the model's name, the sha256 of its parameters and buffers,
 and its preprocessing: a changed model never reads a stale index. A build writes a new
 ``gen-*`` folder (a staging folder nobody reads), fsyncs it, then replaces ``CURRENT`` with
@@ -49,7 +52,12 @@ def _dir_size(folder: Path) -> int:
 
 
 class IndexWriter:
-    """A staging generation: per-image scores written batch by batch, then the partial."""
+    """A staging generation: per-image scores written batch by batch, then the partial.
+
+    Layers whose scores come as one object (modules returning the same tensor: an
+    ``Identity``, a block returning its last layer's output; 261 names, 140 distinct outputs
+    in EfficientNet-Lite0) share one scores file and one layer file (the manifest's
+    ``files``: each layer's file number), which halves the index on disk."""
 
     def __init__(
         self,
@@ -63,43 +71,63 @@ class IndexWriter:
         self.folder.mkdir()
         self.names = list(shapes)
         self.shapes = shapes
-        self.scores = {
-            name: np.lib.format.open_memmap(
-                self.folder / f"scores-{i}.npy",
+        self.total_images = total_images
+        self.files: list[int] | None = None  # per name, its file number: known at first write
+        self.scores: dict[int, np.memmap[Any, np.dtype[np.float16]]] = {}
+        self._copy: tuple[IndexReader, int] | None = None
+
+    def _open(self, files: list[int]) -> None:
+        self.files = files
+        for number in sorted(set(files)):
+            self.scores[number] = np.lib.format.open_memmap(
+                self.folder / f"scores-{number}.npy",
                 mode="w+",
                 dtype=np.float16,
-                shape=(total_images, 2, shapes[name][0]),
+                shape=(self.total_images, 2, self.shapes[self.names[number]][0]),
             )
-            for i, name in enumerate(self.names)
-        }
+        if self._copy is not None:
+            self._copy_now(*self._copy)
 
     def write_scores(self, first: int, scores: dict[str, Scores]) -> None:
-        for name, batch in scores.items():
-            rows = self.scores[name]
+        if self.files is None:
+            number: dict[int, int] = {}
+            self._open(
+                [number.setdefault(id(scores[name]), i) for i, name in enumerate(self.names)]
+            )
+        for file, rows in self.scores.items():
+            batch = scores[self.names[file]]
             n = batch.max.shape[0]
             rows[first : first + n, 0] = np.clip(batch.max, -FLOAT16_MAX, FLOAT16_MAX)
             rows[first : first + n, 1] = np.clip(batch.mean, -FLOAT16_MAX, FLOAT16_MAX)
 
-    def copy_scores(self, old: IndexReader, count: int, chunk: int = 256) -> None:
-        """Copy the first ``count`` rows of every layer from ``old`` (incremental builds)."""
-        for name in self.names:
-            source = old.scores(name)
+    def copy_scores(self, old: IndexReader, count: int) -> None:
+        """Copy the first ``count`` rows of every layer from ``old`` (incremental builds),
+        once the files are laid out (at the first write, or at commit)."""
+        self._copy = (old, count)
+        if self.files is not None:
+            self._copy_now(old, count)
+
+    def _copy_now(self, old: IndexReader, count: int, chunk: int = 256) -> None:
+        for file, rows in self.scores.items():
+            source = old.scores(self.names[file])
             for start in range(0, count, chunk):
                 end = min(start + chunk, count)
-                self.scores[name][start:end] = source[start:end]
+                rows[start:end] = source[start:end]
 
     def commit(self, partial: Partial, manifest: dict[str, Any]) -> int:
         """Write the partial and the manifest, then make this generation the served one.
 
         Returns the generation's size in bytes.
         """
+        if self.files is None:  # no batch written (every new image skipped): a file a layer
+            self._open(list(range(len(self.names))))
         for memmap in self.scores.values():
             memmap.flush()
         self.scores.clear()
-        for i, name in enumerate(self.names):
-            _save_layer(self.folder / f"layer-{i}.npz", partial.layers[name])
+        for file in sorted(set(self.files or ())):
+            _save_layer(self.folder / f"layer-{file}.npz", partial.layers[self.names[file]])
         size = _dir_size(self.folder)
-        manifest = {**manifest, "layers": self.names, "bytes": size}
+        manifest = {**manifest, "layers": self.names, "files": self.files, "bytes": size}
         manifest["generation"] = self.folder.name
         (self.folder / "manifest.json").write_text(json.dumps(manifest))
         for path in self.folder.iterdir():
@@ -189,10 +217,13 @@ class IndexReader:
     manifest: dict[str, Any]
 
     def __post_init__(self) -> None:
-        self._position = {name: i for i, name in enumerate(self.manifest["layers"])}
+        names = self.manifest["layers"]
+        # each layer's file number (layers with one output share files); older: one a layer
+        files = self.manifest.get("files") or list(range(len(names)))
+        self._position = {name: int(file) for name, file in zip(names, files, strict=True)}
         self._lock = threading.Lock()
         self._layers: OrderedDict[str, LayerPartial] = OrderedDict()
-        self._scores: dict[str, npt.NDArray[np.float16]] = {}
+        self._scores: dict[int, npt.NDArray[np.float16]] = {}
         self._rows: dict[str, int] | None = None
 
     @property
@@ -229,10 +260,11 @@ class IndexReader:
     def scores(self, name: str) -> npt.NDArray[np.float16]:
         """``float16[N, 2, C]`` memory map: per image, the channel's spatial max and mean."""
         with self._lock:
-            found = self._scores.get(name)
+            file = self._position[name]
+            found = self._scores.get(file)
             if found is None:
-                found = np.load(self.folder / f"scores-{self._position[name]}.npy", mmap_mode="r")
-                self._scores[name] = found
+                found = np.load(self.folder / f"scores-{file}.npy", mmap_mode="r")
+                self._scores[file] = found
             return found
 
     def partial(self) -> Partial:

@@ -1,26 +1,31 @@
-"""Per row of a layer's feature maps: max, argmax, sum, sum of squares, count of values <= 0.
+"""The index's two hand-written loops, compiled by numba (imported on first use: an idle
+server does not load it).
 
-The index reduces every spatial module's output (140 distinct tensors a batch for
-EfficientNet-Lite0, 20 M values per image). torch computes these five statistics in five
-passes, two through full-size temporaries (the ``<= 0`` mask and its float copy; for maps
-above glibc's mmap threshold every temporary is page-faulted in anew), and its ``max(dim)``
-with indices is slow. Measured side by side, one thread (``python -m bench.collections``,
-docs/performance.md): 178 ms with torch vs 6.0 ms here for a ``16 x 96 x 112 x 112``
-batch, 66.6 vs 2.2 ms at ``16 x 144 x 56 x 56``, 2.8 vs 1.4 ms at ``16 x 1280 x 7 x 7``.
+* :func:`row_stats`: per row of a layer's feature maps ``float32[R, N]``: the max, the sum, the
+  sum of squares and the count of values ``<= 0``, in one vectorised pass, and the argmax only
+  for the rows that may still enter their channel's top-k (given floors: the k-th best scores
+  so far): with k = 16, a quarter of the rows over 512 images, a tenth over 2,000, so the
+  search, in the row just read (in cache), is skipped for most. The max is taken over an
+  order-preserving integer key of the float bits (integer max vectorises, the float max with
+  NaN semantics does not), so it is the value a
+  ``>`` comparison would keep; rows with a NaN (or ``inf - inf``) are handed to numpy, whose
+  ``argmax`` means what ``torch.max(dim)`` means: the first position of the maximum, a NaN the
+  maximum.
+* :func:`fold`: the batch's per-image scores into a running top-k (insertion into sorted
+  rows; an image that cannot enter costs one comparison) and the fixed-bin histogram (a guess
+  from the float's exponent, then exact steps: ``searchsorted``'s bins).
 
-So: numpy's SIMD ``argmax`` (the first position of the maximum, a NaN the maximum: what
-``torch.max(dim)`` means) with the max read at it, and one hand-written pass for the sums and
-the count, compiled by numba (imported on first use: an idle server does not load it),
-vectorised over float64 accumulators, with the GIL released so rows can be split over threads.
+Measured in the forward hooks, EfficientNet-Lite0, every spatial module, alternated in one
+process (docs/performance.md): 3.7 ms an image for one pass here without the argmax, 7.8 ms
+for numpy's argmax plus a float64 sums kernel (the previous version), 12.6 ms for torch ops
+(``amax``, ``sum``, ``vector_norm``, ``(x <= 0).sum``) on 2 threads.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import Executor
 from typing import Any
 
 import numpy as np
@@ -28,83 +33,283 @@ import numpy.typing as npt
 
 log = logging.getLogger(__name__)
 
-_compiled: Callable[..., None] | None = None
+_compiled: dict[str, Callable[..., Any]] = {}
 _compile_lock = threading.Lock()
-SPLIT_ABOVE = 1 << 20  # values per slice, at least
+_launch_lock = threading.Lock()
 # Reordering the float64 sums (to vectorise), not 'nnan'/'ninf': NaN and inf keep their meaning
 _FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
+_LOW = -(2**31)
 
 
-def _sums_py(
-    flat: Any, total: Any, squares: Any, nonpos: Any
+def _key(x: Any) -> Any:  # pragma: no cover - inlined into the compiled loops
+    """The int32 bits of a float32 to an int32 whose order is the floats' (-0.0 as 0.0)."""
+    sign = x >> 31
+    return (x ^ (sign & 0x7FFFFFFF)) - sign
+
+
+def _row_py(
+    values: Any, words: Any, floor_max: Any, floor_mean: Any, out: Any, r: int
+) -> None:  # pragma: no cover - compiled by numba (inlined); its Python body runs only there
+    peak, peak_bits, where, total, squares, nonpos = out
+    width = values.shape[0]
+    s = 0.0
+    q = 0.0
+    c: Any = 0
+    for i in range(width):  # vectorised: fastmath lets it reorder the float64 sums
+        v = np.float64(values[i])
+        s += v
+        q += v * v
+        c += v <= 0
+    top: Any = np.int32(_LOW)
+    for i in range(width):  # a second loop over the row, now in cache: integer max
+        top = max(top, _key_jit(words[i]))
+    total[r] = s
+    squares[r] = q
+    nonpos[r] = c
+    # the max's own bits: the inverse of _key (a key >= 0 is the float's bits)
+    found = (top - 1) ^ 0x7FFFFFFF if top < 0 else top
+    peak_bits[r] = found
+    where[r] = -1
+    if s != s:
+        return  # a NaN, or inf and -inf: left to numpy
+    if peak[r] < floor_max and np.float32(s / width) < floor_mean:
+        return  # cannot enter the channel's top-k: no argmax needed
+    # the first position of the max: its bits, or either zero's when the max is a zero
+    mask = np.int32(0x7FFFFFFF) if top == 0 else np.int32(-1)
+    target = found & mask
+    j = 0
+    while (words[j] & mask) != target:
+        j += 1
+    where[r] = j
+    peak[r] = values[j]
+
+
+def _stats_py(
+    flat: Any, bits: Any, floor_max: Any, floor_mean: Any, out: Any
 ) -> None:  # pragma: no cover - compiled by numba; its Python body runs only there
-    rows, width = flat.shape
-    for r in range(rows):
-        s = 0.0
-        q = 0.0
-        c = np.int32(0)
-        for i in range(width):  # vectorised: fastmath lets it reorder the float64 sums
-            v = np.float64(flat[r, i])
-            s += v
-            q += v * v
-            c += np.int32(v <= 0)
-        total[r] = s
-        squares[r] = q
-        nonpos[r] = c
+    channels = floor_max.shape[0]
+    for r in range(flat.shape[0]):  # rows are [B, C]
+        ch = r % channels
+        _row_jit(flat[r], bits[r], floor_max[ch], floor_mean[ch], out, r)
 
 
-def _part(flat: Any, peak: Any, where: Any, total: Any, squares: Any, nonpos: Any) -> None:
-    # numpy's argmax is SIMD and means what torch.max(dim) means: the first position of the
-    # maximum, a NaN the maximum; the max is read at it (a pass less than max + argmax)
-    np.argmax(flat, axis=1, out=where)
-    peak[:] = flat[np.arange(flat.shape[0]), where]
-    _kernel()(flat, total, squares, nonpos)
+def _fold_py(
+    peak: Any,
+    mean: Any,
+    where: Any,
+    first: int,
+    fill: int,
+    peak_bits: Any,
+    score: Any,
+    image: Any,
+    pos: Any,
+    edges: Any,
+    hist: Any,
+) -> None:  # pragma: no cover - compiled by numba; its Python body runs only there
+    """Images ``first + b`` (rows of ``peak``/``mean``: ``[B, C]``) into the sorted top-k
+    rows ``score/image/pos[0 or 1, C, k]`` (0: by max, 1: by mean) holding ``fill`` entries,
+    and each peak into ``hist[C, len(edges) + 1]`` (``searchsorted(edges, peak, 'right')``)."""
+    batch, channels = peak.shape
+    k = score.shape[2]
+    last = edges.shape[0]
+    for c in _prange(channels):  # a channel's rows stay in cache over the batch's images
+        for b in range(batch):
+            n = min(fill + b, k)
+            v = peak[b, c]
+            # the bin: a guess from the exponent (edges are +-2^(j/2)), then exact steps
+            if v != v:
+                g = last
+            else:
+                g = _guess_jit(peak_bits[b, c], v > 0)
+                while g < last and edges[g] <= v:
+                    g += 1
+                while g > 0 and edges[g - 1] > v:
+                    g -= 1
+            hist[c, g] += 1
+            for which in range(2):
+                s = v if which == 0 else mean[b, c]
+                rank = -np.inf if s != s else s
+                img = first + b
+                j = n
+                if j == k:  # full: must beat the last entry
+                    last_s = score[which, c, k - 1]
+                    last_rank = -np.inf if last_s != last_s else last_s
+                    if not (
+                        rank > last_rank or (rank == last_rank and img < image[which, c, k - 1])
+                    ):
+                        continue
+                    j = k - 1
+                while j > 0:
+                    prev_s = score[which, c, j - 1]
+                    prev_rank = -np.inf if prev_s != prev_s else prev_s
+                    if rank > prev_rank or (rank == prev_rank and img < image[which, c, j - 1]):
+                        if j < k:
+                            score[which, c, j] = prev_s
+                            image[which, c, j] = image[which, c, j - 1]
+                            pos[which, c, j] = pos[which, c, j - 1]
+                        j -= 1
+                    else:
+                        break
+                score[which, c, j] = s
+                image[which, c, j] = img
+                pos[which, c, j] = where[b, c]
 
 
-def _kernel() -> Callable[..., None]:
-    global _compiled
+def _guess_py(bits: Any, positive: bool) -> int:  # pragma: no cover - inlined into the fold
+    # HIST_EDGES: 29 negative edges, 0, 29 positive ones (+-2^(-6 .. 8) in half octaves)
+    if bits & 0x7FFFFFFF == 0:
+        return 30
+    exponent = ((bits >> 23) & 0xFF) - 127  # |v| in [2^e, 2^(e + 1))
+    j = min(max(2 * exponent + 12, 0), 28)
+    return 30 + j if positive else 28 - j
+
+
+# Replaced by their numba forms before the loops that call them are compiled.
+_key_jit: Any = _key
+_guess_jit: Any = _guess_py
+_row_jit: Any = _row_py
+_prange: Any = range
+
+
+def _jit(fn: Callable[..., Any], cache: bool = True, **options: Any) -> Callable[..., Any]:
+    import numba
+
+    try:
+        return numba.njit(cache=cache, nogil=True, **options)(fn)
+    except RuntimeError:  # no writable cache location (a read-only install)
+        log.info("numba cache unavailable; compiling %s in memory", fn.__name__)
+        return numba.njit(nogil=True, **options)(fn)
+
+
+def _compile() -> None:
+    import numba
+
+    global _key_jit, _guess_jit, _row_jit, _prange
+    _key_jit = numba.njit(inline="always")(_key)
+    _guess_jit = numba.njit(inline="always")(_guess_py)
+    # (not inline="always": numba's IR inlining mis-compiled its early returns)
+    _row_jit = numba.njit(fastmath=_FASTMATH)(_row_py)
+    _prange = numba.prange
+    # The statistics on the calling thread: a launch on numba's pool costs ~0.1 ms a layer,
+    # and measured alternated (EfficientNet-Lite0, batch 8, every spatial module) the index
+    # took 28.0 ms an image with one thread, 32.1 with large layers over 2 threads, 30.5
+    # with all. The fold, one launch a batch, over channels on numba's own pool
+    # ("workqueue"), not OpenMP: numba's OpenMP layer shares the runtime torch loaded, and
+    # its launches reset the thread count torch's forwards use (an index job's forwards then
+    # rounded differently from the same job's in another process). The pool may not be
+    # entered from two threads at once: launches take _launch_lock. (One variant per
+    # function: numba's cache keys ignore the parallel flag.)
+    _compiled["stats"] = _jit(_stats_py, fastmath=_FASTMATH)
+    numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]
+    try:
+        fold = _jit(_fold_py, parallel=True)
+        _probe_fold(fold)
+    except Exception as exc:
+        log.info("index fold on one thread: %s", exc)
+        _prange = range  # not cached: the cache would hand back the parallel code
+        fold = _jit(_fold_py, cache=False)
+    _compiled["fold"] = fold
+
+
+def _probe_fold(fold: Callable[..., Any]) -> None:
+    """One image, one channel, k=1: fails here, not mid-index, without a threading layer."""
+    peak = np.zeros((1, 1), np.float32)
+    where = np.zeros((1, 1), np.int32)
+    score, image, pos = np.zeros((2, 1, 1), np.float32), np.zeros((2, 1, 1), np.int32), where
+    fold(
+        peak,
+        peak,
+        where,
+        0,
+        0,
+        where,
+        score,
+        image,
+        pos.reshape(1, 1, 1).repeat(2, 0),
+        np.zeros(1),
+        np.zeros((1, 2), np.int64),
+    )
+
+
+def _run(name: str, threads: int, *args: Any) -> None:
+    """Run a compiled loop; the fold on ``threads`` threads (the caller's torch threads)."""
     with _compile_lock:
-        if _compiled is None:
-            import numba
+        if not _compiled:
+            _compile()
+    if _prange is range or name != "fold":
+        _compiled[name](*args)
+        return
+    import numba
 
-            try:
-                _compiled = numba.njit(nogil=True, cache=True, fastmath=_FASTMATH)(_sums_py)
-            except RuntimeError:  # no writable cache location (a read-only install)
-                log.info("numba cache unavailable; compiling the index kernel in memory")
-                _compiled = numba.njit(nogil=True, fastmath=_FASTMATH)(_sums_py)
-        return _compiled
+    with _launch_lock:
+        most = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
+        numba.set_num_threads(max(1, min(threads, most)))
+        _compiled[name](*args)
 
 
 class RowStats:
-    """Statistics of each row of a ``float32[R, N]`` array."""
+    """Statistics of each row of a ``float32[R, N]`` array; ``where`` is -1 where no argmax
+    was asked for."""
 
     def __init__(self, rows: int) -> None:
         self.peak: npt.NDArray[np.float32] = np.empty(rows, np.float32)
-        self.where: npt.NDArray[np.int64] = np.empty(rows, np.int64)
+        self.where: npt.NDArray[np.int32] = np.empty(rows, np.int32)
         self.total: npt.NDArray[np.float64] = np.empty(rows, np.float64)
         self.squares: npt.NDArray[np.float64] = np.empty(rows, np.float64)
         self.nonpos: npt.NDArray[np.int64] = np.empty(rows, np.int64)
 
+    def arrays(self) -> tuple[npt.NDArray[Any], ...]:
+        """What the kernel writes: peak (and its bits), where, total, squares, nonpos."""
+        return (
+            self.peak,
+            self.peak.view(np.int32),
+            self.where,
+            self.total,
+            self.squares,
+            self.nonpos,
+        )
+
 
 def row_stats(
-    flat: npt.NDArray[np.float32], pool: Executor | None = None, parts: int = 1
+    flat: npt.NDArray[np.float32],
+    floors: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None,
 ) -> RowStats:
-    """One pass for the sums and a search for the argmax over ``flat`` (C-contiguous
-    ``float32[R, N]``, ``N >= 1``), the rows cut into ``parts`` slices run on ``pool`` (the
-    kernels release the GIL)."""
+    """Max, sums and count of each row of ``flat`` (C-contiguous ``float32[R, N]``,
+    ``N >= 1``) in one pass, and the argmax of each row, except where ``floors = (max, mean)``
+    (``float32[C]``, rows laid out ``[B, C]``) say the row cannot enter its channel's top-k:
+    its max and its mean both below the channel's floor. Where an argmax is known, ``peak``
+    is the value read there. On the calling thread."""
     rows = flat.shape[0]
     out = RowStats(rows)
-    fields = (out.peak, out.where, out.total, out.squares, out.nonpos)
-    # a slice per thread only where the work outweighs handing it over (~50 us)
-    parts = max(1, min(parts, flat.size // SPLIT_ABOVE))
-    if pool is None or parts == 1:
-        _part(flat, *fields)
-        return out
-    bounds = np.linspace(0, rows, parts + 1).astype(int)
-    futures = [
-        pool.submit(_part, flat[a:b], *(f[a:b] for f in fields))
-        for a, b in itertools.pairwise(bounds)
-    ]
-    for future in futures:
-        future.result()
+    if floors is None:
+        low = np.full(1, -np.inf, np.float32)
+        floors = (low, low)
+    _run("stats", 1, flat, flat.view(np.int32), floors[0], floors[1], out.arrays())
+    odd = np.isnan(out.total)  # a NaN, or inf and -inf: numpy's argmax decides
+    if odd.any():
+        odd_rows = np.flatnonzero(odd)
+        found = np.argmax(flat[odd_rows], axis=1)
+        out.where[odd_rows] = found
+        out.peak[odd_rows] = flat[odd_rows, found]
     return out
+
+
+def fold(
+    peak: npt.NDArray[np.float32],
+    mean: npt.NDArray[np.float32],
+    where: npt.NDArray[np.int32],
+    first: int,
+    fill: int,
+    top: tuple[npt.NDArray[np.float32], npt.NDArray[np.int32], npt.NDArray[np.int32]],
+    edges: npt.NDArray[np.float64],
+    hist: npt.NDArray[np.int64],
+    threads: int = 1,
+) -> None:
+    """Fold a batch (``[B, C]`` each, image positions ``first ..``) into the running top-k
+    ``top = (score, image, pos)``, each ``[2, C, k]`` sorted best first and holding ``fill``
+    entries (0: by max, 1: by mean), and the histogram ``hist[C, len(edges) + 1]``, in place.
+    Ranking: higher score first, then lower image position; NaN as -inf. Channels are split
+    over ``threads`` threads."""
+    score, image, pos = top
+    args = (peak, mean, where, first, fill, peak.view(np.int32), score, image, pos, edges, hist)
+    _run("fold", threads, *args)

@@ -3,8 +3,9 @@
 :class:`Collections` is what the facade delegates to. It owns the collection store, the
 receptive-field memo, a cache of open indexes and a byte cache of drawn examples; the index
 job runs on the facade's one job manager. The job body is :meth:`Collections.build`: a
-plain loop of decode -> preprocess -> :func:`index.map_batch` -> :func:`index.merge`, whose
-per-image scores stream to disk (:class:`indexfiles.IndexWriter`).
+plain loop of decode -> preprocess -> :meth:`stream.IndexStream.add` (one forward pass,
+folded into the running partial in place), whose per-image scores stream to disk
+(:class:`indexfiles.IndexWriter`).
 
 Over 300 lines: the one service object of the collections capability (create, add,
 index as a job, read examples and statistics); the pieces it composes are in their own
@@ -41,7 +42,6 @@ from convscope.errors import (
 from convscope.render import encode
 from convscope.services.collections import builtin, indexfiles
 from convscope.services.collections import examples as ex
-from convscope.services.collections.index import empty, map_batch, merge_all
 from convscope.services.collections.ingest import (
     Item,
     Limits,
@@ -53,6 +53,7 @@ from convscope.services.collections.ingest import (
     resolve_folder,
 )
 from convscope.services.collections.store import Collection, CollectionStore
+from convscope.services.collections.stream import IndexStream
 from convscope.services.compute.jobs import JobContext, JobRunner, JobSpec, JobStatus, cache_key
 from convscope.services.models.hooks import LayerTap, eval_mode
 from convscope.services.models.receptive import ReceptiveFields
@@ -64,8 +65,7 @@ from convscope.services.storage.images import ImageStore
 log = logging.getLogger(__name__)
 
 MAX_K = 64
-BATCH = 16
-MERGE_EVERY = 8  # batch partials merged at once: one top-k selection per layer, not eight
+BATCH = 8  # images a forward: 16 images' maps outgrow a 32 MiB cache (bench.collections)
 INDEX_JOB = "collection-index"  # the JobSpec kind of Collections.index
 
 
@@ -364,13 +364,12 @@ class Collections:
             raise EmptyCollectionError(cid)
         writer = indexfiles.IndexWriter(base, shapes, len(indexed) + len(present))
         try:
+            begin = None
             if reuse and old is not None:
-                partial = old.partial()
+                begin = old.partial()
                 writer.copy_scores(old, len(indexed))
-            else:
-                partial = empty(shapes, k)
-            pending = [partial]  # batch partials not merged yet: merged MERGE_EVERY at a time
             targets = {name: model.submodule(name) for name in layers}
+            stream = IndexStream(model.module, targets, k, begin, first=len(indexed))
             done: list[str] = list(indexed)
             total = len(present)
             for start in range(0, total, batch_size):
@@ -379,17 +378,14 @@ class Collections:
                 ids, x = self._load_batch(model, present[start : start + batch_size], skipped)
                 if ids:
                     with model.lock:
-                        part, scores = map_batch(model.module, targets, x, len(done), k)
-                    pending.append(part)
-                    if len(pending) >= MERGE_EVERY:
-                        pending = [merge_all(pending)]
+                        scores = stream.add(x)
                     writer.write_scores(len(done), scores)
                     done.extend(ids)
                 if progress is not None:
                     progress(min(start + batch_size, total), total)
             if not done:
                 raise EmptyCollectionError(cid)
-            partial = merge_all(pending)
+            partial = stream.partial()
             if not (self.store.folder(cid) / "collection.json").is_file():
                 raise UnknownCollectionError(cid)
             manifest = {
