@@ -1,7 +1,7 @@
 """Dataset examples: indexing throughput against a plain loop, the examples endpoint's
 latency, and peak memory while indexing 10x more images.
 
-* statistics: the index's per-batch reductions, torch ops vs the kernel, all threads;
+* statistics: the index's per-batch reductions, torch ops vs the kernel;
 * floor: the same image files (512), a plain in-process loop (decode, preprocess, batched
   forward under ``no_grad``, no hooks, no bookkeeping), batches of 16 and of 8 (the faster
   is the floor), interleaved with the index batch by batch (run from its progress callback,
@@ -73,9 +73,9 @@ def _floor(model, paths: list[Path], batch: int = BATCH) -> float:  # type: igno
 
 
 def reduction_rows() -> list[Row]:
-    """The index's per-batch statistics, torch ops vs the kernel (every argmax, and none: the
-    rows that cannot enter a top-k), both on all threads: why ``services/collections/
-    kernels.py`` is hand-written."""
+    """The index's per-batch statistics, torch ops (all threads) vs the kernel (the calling
+    thread; every argmax, and none: the rows that cannot enter a top-k): why
+    ``services/collections/kernels.py`` is hand-written."""
     from convscope.services.collections.kernels import row_stats
 
     def torch_ops(flat: torch.Tensor) -> None:
@@ -111,9 +111,9 @@ def reduction_rows() -> list[Row]:
                 reference=median(ops),
                 reference_name="torch ops",
                 samples=len(every),
-                note="max, argmax, sum, sum of squares, count <= 0 per (image, channel), "
-                f"{torch.get_num_threads()} threads each; without the argmax search (rows "
-                f"that cannot enter a top-k): {median(none):.1f} ms",
+                note="max, argmax, sum, sum of squares, count <= 0 per (image, channel); the "
+                f"kernel on one thread, torch on {torch.get_num_threads()}; without the "
+                f"argmax search (rows that cannot enter a top-k): {median(none):.1f} ms",
             )
         )
     return rows

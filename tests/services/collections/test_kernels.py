@@ -180,27 +180,3 @@ def test_accelerator_path_computes_what_the_kernel_does() -> None:
         np.testing.assert_array_equal(getattr(on_device, name), getattr(kernel, name))
     np.testing.assert_allclose(on_device.total, kernel.total, rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(on_device.squares, kernel.squares, rtol=1e-5)
-
-
-@pytest.mark.parametrize("threads", [1, 2])
-def test_kernels_leave_torch_thread_count_alone(threads: int) -> None:
-    """The fold runs on numba's own thread pool: its OpenMP layer shared torch's OpenMP
-    runtime, and a launch changed torch's thread count (and a later forward's rounding)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        rng = np.random.default_rng(threads)
-        peak = rng.normal(size=(8, 4000)).astype(np.float32)
-        where = np.zeros(peak.shape, np.int32)
-        top = (
-            np.zeros((2, 4000, 3), np.float32),
-            np.zeros((2, 4000, 3), np.int32),
-            np.zeros((2, 4000, 3), np.int32),
-        )
-        hist = np.zeros((4000, len(HIST_EDGES) + 1), np.int64)
-        fold(peak, peak, where, 0, 0, top, HIST_EDGES, hist, threads=2)
-        row_stats(peak)
-        assert torch.get_num_threads() == threads
-        assert hist.sum() == peak.size
-    finally:
-        torch.set_num_threads(before)

@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 
 _compiled: dict[str, Callable[..., Any]] = {}
 _compile_lock = threading.Lock()
-_launch_lock = threading.Lock()
 # Reordering the float64 sums (to vectorise), not 'nnan'/'ninf': NaN and inf keep their meaning
 _FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
 _LOW = -(2**31)
@@ -47,50 +46,51 @@ def _key(x: Any) -> Any:  # pragma: no cover - inlined into the compiled loops
     return (x ^ (sign & 0x7FFFFFFF)) - sign
 
 
-def _row_py(
-    values: Any, words: Any, floor_max: Any, floor_mean: Any, out: Any, r: int
-) -> None:  # pragma: no cover - compiled by numba (inlined); its Python body runs only there
-    peak, peak_bits, where, total, squares, nonpos = out
-    width = values.shape[0]
-    s = 0.0
-    q = 0.0
-    c: Any = 0
-    for i in range(width):  # vectorised: fastmath lets it reorder the float64 sums
-        v = np.float64(values[i])
-        s += v
-        q += v * v
-        c += v <= 0
-    top: Any = np.int32(_LOW)
-    for i in range(width):  # a second loop over the row, now in cache: integer max
-        top = max(top, _key_jit(words[i]))
-    total[r] = s
-    squares[r] = q
-    nonpos[r] = c
-    # the max's own bits: the inverse of _key (a key >= 0 is the float's bits)
-    found = (top - 1) ^ 0x7FFFFFFF if top < 0 else top
-    peak_bits[r] = found
-    where[r] = -1
-    if s != s:
-        return  # a NaN, or inf and -inf: left to numpy
-    if peak[r] < floor_max and np.float32(s / width) < floor_mean:
-        return  # cannot enter the channel's top-k: no argmax needed
-    # the first position of the max: its bits, or either zero's when the max is a zero
-    mask = np.int32(0x7FFFFFFF) if top == 0 else np.int32(-1)
-    target = found & mask
-    j = 0
-    while (words[j] & mask) != target:
-        j += 1
-    where[r] = j
-    peak[r] = values[j]
-
-
 def _stats_py(
-    flat: Any, bits: Any, floor_max: Any, floor_mean: Any, out: Any
+    flat: Any,
+    bits: Any,
+    floor_max: Any,
+    floor_mean: Any,
+    out: Any,
 ) -> None:  # pragma: no cover - compiled by numba; its Python body runs only there
+    peak, peak_bits, where, total, squares, nonpos = out
+    rows, width = flat.shape
     channels = floor_max.shape[0]
-    for r in range(flat.shape[0]):  # rows are [B, C]
-        ch = r % channels
-        _row_jit(flat[r], bits[r], floor_max[ch], floor_mean[ch], out, r)
+    ch = -1
+    for r in range(rows):  # rows are [B, C]: the channel runs 0 .. C-1, then again
+        ch = ch + 1 if ch + 1 < channels else 0
+        values = flat[r]
+        s = 0.0
+        q = 0.0
+        c: Any = 0
+        for i in range(width):  # vectorised: fastmath lets it reorder the float64 sums
+            v = np.float64(values[i])
+            s += v
+            q += v * v
+            c += v <= 0
+        words = bits[r]
+        top: Any = np.int32(_LOW)
+        for i in range(width):  # a second loop over the row, now in cache: integer max
+            top = max(top, _key_jit(words[i]))
+        total[r] = s
+        squares[r] = q
+        nonpos[r] = c
+        # the max's own bits: the inverse of _key (a key >= 0 is the float's bits)
+        found = (top - 1) ^ 0x7FFFFFFF if top < 0 else top
+        peak_bits[r] = found
+        where[r] = -1
+        if s != s:
+            continue  # a NaN, or inf and -inf: left to numpy
+        if peak[r] < floor_max[ch] and np.float32(s / width) < floor_mean[ch]:
+            continue  # cannot enter the channel's top-k: no argmax needed
+        # the first position of the max: its bits, or either zero's when the max is a zero
+        mask = np.int32(0x7FFFFFFF) if top == 0 else np.int32(-1)
+        target = found & mask
+        j = 0
+        while (words[j] & mask) != target:
+            j += 1
+        where[r] = j
+        peak[r] = values[j]
 
 
 def _fold_py(
@@ -112,7 +112,7 @@ def _fold_py(
     batch, channels = peak.shape
     k = score.shape[2]
     last = edges.shape[0]
-    for c in _prange(channels):  # a channel's rows stay in cache over the batch's images
+    for c in range(channels):  # a channel's rows stay in cache over the batch's images
         for b in range(batch):
             n = min(fill + b, k)
             v = peak[b, c]
@@ -167,8 +167,6 @@ def _guess_py(bits: Any, positive: bool) -> int:  # pragma: no cover - inlined i
 # Replaced by their numba forms before the loops that call them are compiled.
 _key_jit: Any = _key
 _guess_jit: Any = _guess_py
-_row_jit: Any = _row_py
-_prange: Any = range
 
 
 def _jit(fn: Callable[..., Any], cache: bool = True, **options: Any) -> Callable[..., Any]:
@@ -184,67 +182,23 @@ def _jit(fn: Callable[..., Any], cache: bool = True, **options: Any) -> Callable
 def _compile() -> None:
     import numba
 
-    global _key_jit, _guess_jit, _row_jit, _prange
+    global _key_jit, _guess_jit
     _key_jit = numba.njit(inline="always")(_key)
     _guess_jit = numba.njit(inline="always")(_guess_py)
-    # (not inline="always": numba's IR inlining mis-compiled its early returns)
-    _row_jit = numba.njit(fastmath=_FASTMATH)(_row_py)
-    _prange = numba.prange
-    # The statistics on the calling thread: a launch on numba's pool costs ~0.1 ms a layer,
-    # and measured alternated (EfficientNet-Lite0, batch 8, every spatial module) the index
-    # took 28.0 ms an image with one thread, 32.1 with large layers over 2 threads, 30.5
-    # with all. The fold, one launch a batch, over channels on numba's own pool
-    # ("workqueue"), not OpenMP: numba's OpenMP layer shares the runtime torch loaded, and
-    # its launches reset the thread count torch's forwards use (an index job's forwards then
-    # rounded differently from the same job's in another process). The pool may not be
-    # entered from two threads at once: launches take _launch_lock. (One variant per
-    # function: numba's cache keys ignore the parallel flag.)
+    # One thread, the caller's. Tried: the statistics over 2 threads on numba's pool cost
+    # more than they saved (a launch ~0.1 ms a layer; measured alternated, EfficientNet-Lite0,
+    # batch 8, every spatial module: 28.0 ms an image on one thread, 32.1 with the large
+    # layers over 2 threads, 30.5 with all); numba's OpenMP layer shares the runtime torch
+    # loaded, and its launches reset the thread count torch's forwards then use.
     _compiled["stats"] = _jit(_stats_py, fastmath=_FASTMATH)
-    numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]
-    try:
-        fold = _jit(_fold_py, parallel=True)
-        _probe_fold(fold)
-    except Exception as exc:
-        log.info("index fold on one thread: %s", exc)
-        _prange = range  # not cached: the cache would hand back the parallel code
-        fold = _jit(_fold_py, cache=False)
-    _compiled["fold"] = fold
+    _compiled["fold"] = _jit(_fold_py)
 
 
-def _probe_fold(fold: Callable[..., Any]) -> None:
-    """One image, one channel, k=1: fails here, not mid-index, without a threading layer."""
-    peak = np.zeros((1, 1), np.float32)
-    where = np.zeros((1, 1), np.int32)
-    score, image, pos = np.zeros((2, 1, 1), np.float32), np.zeros((2, 1, 1), np.int32), where
-    fold(
-        peak,
-        peak,
-        where,
-        0,
-        0,
-        where,
-        score,
-        image,
-        pos.reshape(1, 1, 1).repeat(2, 0),
-        np.zeros(1),
-        np.zeros((1, 2), np.int64),
-    )
-
-
-def _run(name: str, threads: int, *args: Any) -> None:
-    """Run a compiled loop; the fold on ``threads`` threads (the caller's torch threads)."""
+def _run(name: str, *args: Any) -> None:
     with _compile_lock:
         if not _compiled:
             _compile()
-    if _prange is range or name != "fold":
-        _compiled[name](*args)
-        return
-    import numba
-
-    with _launch_lock:
-        most = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]
-        numba.set_num_threads(max(1, min(threads, most)))
-        _compiled[name](*args)
+    _compiled[name](*args)
 
 
 class RowStats:
@@ -284,7 +238,7 @@ def row_stats(
     if floors is None:
         low = np.full(1, -np.inf, np.float32)
         floors = (low, low)
-    _run("stats", 1, flat, flat.view(np.int32), floors[0], floors[1], out.arrays())
+    _run("stats", flat, flat.view(np.int32), floors[0], floors[1], out.arrays())
     odd = np.isnan(out.total)  # a NaN, or inf and -inf: numpy's argmax decides
     if odd.any():
         odd_rows = np.flatnonzero(odd)
@@ -303,13 +257,11 @@ def fold(
     top: tuple[npt.NDArray[np.float32], npt.NDArray[np.int32], npt.NDArray[np.int32]],
     edges: npt.NDArray[np.float64],
     hist: npt.NDArray[np.int64],
-    threads: int = 1,
 ) -> None:
     """Fold a batch (``[B, C]`` each, image positions ``first ..``) into the running top-k
     ``top = (score, image, pos)``, each ``[2, C, k]`` sorted best first and holding ``fill``
     entries (0: by max, 1: by mean), and the histogram ``hist[C, len(edges) + 1]``, in place.
-    Ranking: higher score first, then lower image position; NaN as -inf. Channels are split
-    over ``threads`` threads."""
+    Ranking: higher score first, then lower image position; NaN as -inf."""
     score, image, pos = top
     args = (peak, mean, where, first, fill, peak.view(np.int32), score, image, pos, edges, hist)
-    _run("fold", threads, *args)
+    _run("fold", *args)

@@ -250,7 +250,6 @@ class IndexStream:
             (self._score, self._image, self._pos),
             HIST_EDGES,
             self.hist,
-            torch.get_num_threads(),
         )
         self.total += total.sum(0)
         self.total_sq += squares.sum(0)
