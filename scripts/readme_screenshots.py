@@ -43,6 +43,7 @@ class Shot:
     scroll_to: str | None = None
     full_page: bool = False
     before: Callable[[object], None] | None = None
+    element: str | None = None  # a picture of this element alone (the top bar unpinned)
 
 
 def visualise(page) -> None:
@@ -87,8 +88,8 @@ SHOTS = (
     Shot(
         "unit_page",
         lambda i: f"?layer={UNIT_LAYER}&image={i['cat']}&channel=3&coll={i['builtin']}",
-        full_page=True,
         before=open_example,
+        element="#channel",
     ),
     Shot(
         "attribution",
@@ -146,7 +147,11 @@ def take(browser, base: str, ids: dict[str, str], shot: Shot, out: Path) -> Path
             page.wait_for_timeout(200)
         page.mouse.move(0, shot.height - 1)
         path = out / f"{shot.name}.png"
-        page.screenshot(path=str(path), full_page=shot.full_page)
+        if shot.element:
+            page.evaluate("document.querySelector('.topbar').style.position = 'static'")
+            page.locator(shot.element).screenshot(path=str(path))
+        else:
+            page.screenshot(path=str(path), full_page=shot.full_page)
         return path
     finally:
         context.close()
