@@ -18,7 +18,7 @@ server does not load it).
 Measured in the forward hooks (EfficientNet-Lite0, every spatial module, batch 4, each
 alternated with a no-op hook): this pass without the argmax 5.3 ms an image; in an earlier
 run of the same harness, the previous kernel (numpy's argmax plus a float64 sums pass, rows
-over 2 threads) 7.8 ms and torch ops (``max(dim)``, ``sum``, ``vector_norm``,
+over 2 threads) 7.8 ms and torch ops (``amax``, ``sum``, ``vector_norm``,
 ``(x <= 0).sum``) 12.6 ms on 2 threads.
 """
 
