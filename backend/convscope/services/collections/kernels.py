@@ -170,11 +170,11 @@ _key_jit: Any = _key
 _guess_jit: Any = _guess_py
 
 
-def _jit(fn: Callable[..., Any], cache: bool = True, **options: Any) -> Callable[..., Any]:
+def _jit(fn: Callable[..., Any], **options: Any) -> Callable[..., Any]:
     import numba
 
     try:
-        return numba.njit(cache=cache, nogil=True, **options)(fn)
+        return numba.njit(cache=True, nogil=True, **options)(fn)
     except RuntimeError:  # no writable cache location (a read-only install)
         log.info("numba cache unavailable; compiling %s in memory", fn.__name__)
         return numba.njit(nogil=True, **options)(fn)

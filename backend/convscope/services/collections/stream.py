@@ -157,7 +157,6 @@ class IndexStream:
             raise ValueError(f"cannot continue a partial of k={start.k} with k={k}")
         self.module, self.targets, self.k = module, targets, k
         self.start, self.next = start, first
-        self._names: list[str] = []
         self._slot: dict[str, int] = {}
         self._shapes: list[tuple[int, int, int]] = []
         self._cut: list[slice] = []
@@ -180,23 +179,22 @@ class IndexStream:
         cut = self._cut[slot]
         if cut.stop - cut.start != channels:
             return None  # not the layout of the first batch: every argmax; _fold then refuses
-        return (
-            np.ascontiguousarray(self._score[0, cut, self.k - 1]),
-            np.ascontiguousarray(self._score[1, cut, self.k - 1]),
-        )
+        return self._floor[0, cut], self._floor[1, cut]
 
     def _layout(self, raws: list[_Raw], slot: dict[str, int]) -> None:
-        self._names = list(slot)
         self._slot = dict(slot)
         self._shapes = [(r.peak.shape[1], r.height, r.width) for r in raws]
-        bounds = np.cumsum([0] + [shape[0] for shape in self._shapes])
+        channels = [c for c, _, _ in self._shapes]
+        bounds = np.cumsum([0, *channels])
         self._cut = [slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+        self._positions = np.repeat([float(h * w) for _, h, w in self._shapes], channels)
         columns = int(bounds[-1])
         k = self.k
         self._score = np.full((2, columns, k), np.nan, np.float32)
         self._image = np.zeros((2, columns, k), np.int32)
         self._pos = np.zeros((2, columns, k), np.int32)
         self._fill = 0
+        self._floor = self._score[:, :, k - 1].copy()  # each channel's k-th score, contiguous
         self.count = 0
         self.total = np.zeros(columns, np.float64)
         self.total_sq = np.zeros(columns, np.float64)
@@ -212,20 +210,20 @@ class IndexStream:
         counts = {layer.count for layer in start.layers.values()}
         if len(counts) > 1:
             raise ValueError(f"a start partial whose layers saw different images: {counts}")
+        self.count = next(iter(counts), 0)
+        self._fill = min(self.k, self.count)
         for name, index in self._slot.items():
             layer = start.layers.get(name)
             cut = self._cut[index]
             if layer is None or (layer.channels, layer.height, layer.width) != self._shapes[index]:
                 raise ValueError(f"the start partial does not match layer {name!r}")
-            fill = layer.top_max.score.shape[1]
             for which, top in enumerate((layer.top_max, layer.top_mean)):
-                self._score[which, cut, :fill] = top.score
-                self._image[which, cut, :fill] = top.image
-                self._pos[which, cut, :fill] = top.pos
-            self._fill = fill
-            self.count = layer.count
+                self._score[which, cut, : self._fill] = top.score
+                self._image[which, cut, : self._fill] = top.image
+                self._pos[which, cut, : self._fill] = top.pos
             for field in ("total", "total_sq", "max", "nonpos", "mean_sum", "mean_sq", "hist"):
                 getattr(self, field)[cut] = getattr(layer, field)
+        self._floor = self._score[:, :, self.k - 1].copy()
 
     def _fold(self, raws: list[_Raw], slot: dict[str, int]) -> dict[str, Scores]:
         if not self._cut:
@@ -238,8 +236,7 @@ class IndexStream:
         where = np.concatenate([r.where for r in raws], axis=1)
         total = np.concatenate([r.total for r in raws], axis=1)
         squares = np.concatenate([r.squares for r in raws], axis=1)
-        positions = np.repeat([float(h * w) for _, h, w in shapes], [c for c, _, _ in shapes])
-        mean64 = total / positions
+        mean64 = total / self._positions
         mean = mean64.astype(np.float32)
         kernels.fold(
             peak,
@@ -258,6 +255,7 @@ class IndexStream:
         self.mean_sum += mean64.sum(0)
         self.mean_sq += (mean64 * mean64).sum(0)
         self._fill = min(self.k, self._fill + batch)
+        self._floor = self._score[:, :, self.k - 1].copy()
         self.count += batch
         self.next += batch
         # one object a distinct output: the index files store layers that share it once
@@ -299,7 +297,7 @@ class IndexStream:
                     hist=self.hist[cut].copy(),
                 )
             )
-        return Partial(self.k, {name: shared[self._slot[name]] for name in self._names})
+        return Partial(self.k, {name: shared[index] for name, index in self._slot.items()})
 
 
 def map_batch(
